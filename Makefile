@@ -1,0 +1,38 @@
+# Two commands matter: `make demo` and `make test`. Both install first when needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# On a machine without a GPU we ask for the CPU build of torch explicitly so that no CUDA wheels are pulled.
+# Set TORCH_INDEX (e.g. https://download.pytorch.org/whl/cpu) where your pip does not already provide a CPU build.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+PYTEST_WORKERS ?= 2
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip >/dev/null
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+	  echo "torch already installed: $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(PIP) install -q "torch>=2.4,<3"; \
+	else \
+	  $(PIP) install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
+	fi
+	$(PIP) install -q -e ".[dev,hf]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/cramlm demo
+
+test: install
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) tests
+
+bench: install
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
