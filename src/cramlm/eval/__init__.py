@@ -1,0 +1,1 @@
+"""Evaluations of a trained model: GLUE fine-tuning, perplexity, LAMBADA, MLM loss, fill-mask."""
