@@ -1,0 +1,1 @@
+"""Training: the budget clock, schedules, optimizer, checkpoints, the loop and its logs."""

@@ -1,0 +1,134 @@
+"""The budget is a clock: every schedule reads `progress()`, training stops when it reaches 1.
+
+A budget is one of wall-clock seconds, FLOPs, tokens, optimizer steps or dollars. Time budgets (seconds, dollars)
+run on a monotonic clock that keeps ticking through evaluation and checkpointing, so that time is counted, not
+hidden; the other kinds count work done, which makes a run deterministic and exactly resumable.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from cramlm.errors import CramlmError
+from cramlm.units import BudgetKind, Quantity, parse_quantity
+
+TIME_KINDS = ("seconds", "usd")
+
+
+class Budget:
+    """Tracks what a run has spent and how far it is through its limit."""
+
+    def __init__(
+        self,
+        limit: Quantity,
+        *,
+        flops_per_token: float = 0.0,
+        usd_per_hour: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if limit.kind == "flops" and flops_per_token <= 0:
+            raise CramlmError("a FLOP budget needs the model's FLOPs per token")
+        if limit.kind == "usd" and usd_per_hour <= 0:
+            raise CramlmError(
+                f"a dollar budget ({limit}) needs a price: set budget.price_per_hour or a budget.hardware with a price"
+            )
+        self.limit = limit
+        self.flops_per_token = float(flops_per_token)
+        self.usd_per_hour = float(usd_per_hour)
+        self.clock = clock
+        self.steps = 0
+        self.tokens = 0
+        self.reserve = 0.0  # seconds kept back for the final evaluation and checkpoint
+        self._seconds_before = 0.0  # spent in earlier sessions of a resumed run
+        self._t0: float | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Any,
+        *,
+        flops_per_token: float = 0.0,
+        usd_per_hour: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> "Budget":
+        """From a `BudgetConfig`; the caller resolves the price (per hour, all devices) from the hardware."""
+        return cls(parse_quantity(cfg.limit), flops_per_token=flops_per_token, usd_per_hour=usd_per_hour,
+                   clock=clock)
+
+    @property
+    def kind(self) -> BudgetKind:
+        return self.limit.kind
+
+    @property
+    def timed(self) -> bool:
+        """True when the limit is wall-clock time (or money, which is time times price)."""
+        return self.kind in TIME_KINDS
+
+    def start(self) -> None:
+        """Start (or restart, after a resume) the clock."""
+        self._t0 = self.clock()
+
+    @property
+    def seconds(self) -> float:
+        running = 0.0 if self._t0 is None else self.clock() - self._t0
+        return self._seconds_before + running
+
+    @property
+    def flops(self) -> float:
+        return self.tokens * self.flops_per_token
+
+    @property
+    def usd(self) -> float:
+        return self.seconds * self.usd_per_hour / 3600.0
+
+    def add(self, steps: int = 0, tokens: int = 0) -> None:
+        """Record work done: optimizer steps and tokens processed (FLOPs follow from the tokens)."""
+        self.steps += int(steps)
+        self.tokens += int(tokens)
+
+    def _used(self, ahead: float = 0.0) -> float:
+        """Amount of the limit's kind spent so far; `ahead` seconds are added to time-like kinds."""
+        kind = self.kind
+        if kind == "seconds":
+            return self.seconds + ahead
+        if kind == "usd":
+            return (self.seconds + ahead) * self.usd_per_hour / 3600.0
+        if kind == "flops":
+            return self.flops
+        if kind == "tokens":
+            return float(self.tokens)
+        return float(self.steps)
+
+    def progress(self) -> float:
+        """Fraction of the budget spent, in [0, 1]."""
+        return min(1.0, max(0.0, self._used() / self.limit.amount))
+
+    @property
+    def exhausted(self) -> bool:
+        """True once the budget, less the time reserved for the final evaluation and checkpoint, is spent."""
+        return self._used(ahead=self.reserve if self.timed else 0.0) >= self.limit.amount
+
+    def eta(self) -> float | None:
+        """Estimated seconds left; None before any progress is measurable."""
+        if self.kind == "seconds":
+            return max(0.0, self.limit.amount - self.seconds)
+        if self.kind == "usd":
+            return max(0.0, self.limit.amount * 3600.0 / self.usd_per_hour - self.seconds)
+        p = self.progress()
+        return None if p <= 0 else self.seconds * (1.0 - p) / p
+
+    @property
+    def spent(self) -> dict[str, float]:
+        return {"seconds": self.seconds, "steps": self.steps, "tokens": self.tokens, "flops": self.flops,
+                "usd": self.usd}
+
+    def state_dict(self) -> dict[str, float]:
+        return {"seconds": self.seconds, "steps": self.steps, "tokens": self.tokens}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Continue from a checkpoint: what was spent before stays spent."""
+        self._seconds_before = float(state["seconds"])
+        self.steps = int(state["steps"])
+        self.tokens = int(state["tokens"])
+        self._t0 = None
