@@ -1,0 +1,74 @@
+"""Exact training FLOPs per token and parameter counts for any `ModelConfig`.
+
+One function feeds the trainer's MFU and the planner, so it counts what the kernels execute: every matmul (2 FLOPs
+per multiply-add), attention scores and values over the full sequence, the MLM head only on the masked positions
+when the head is sparse, and for a mixture of experts the router plus the expert capacity actually run
+(capacity_factor x top_k expert FFNs per token, not all experts). Norms, activations and softmax are left out,
+as PyTorch's FlopCounterMode leaves them out. Backward costs twice the forward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cramlm.config import ModelConfig
+
+
+def _ffn_flops(cfg: ModelConfig) -> float:
+    from cramlm.models.layers import ffn_hidden
+
+    return 2.0 * cfg.d_model * cfg.d_ff + 2.0 * ffn_hidden(cfg) * cfg.d_model
+
+
+def head_fraction(cfg: ModelConfig, seq_len: int, mask_rate: float | None) -> float:
+    """Share of positions that go through the LM head: round(mask_rate * L) / L for a sparse MLM head."""
+    if cfg.arch == "encoder" and cfg.sparse_head and mask_rate is not None:
+        return max(1, round(mask_rate * seq_len)) / seq_len
+    return 1.0
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int, mask_rate: float | None = None) -> float:
+    from cramlm.models.moe import uses_moe
+
+    d = cfg.d_model
+    total = 0.0
+    for i in range(cfg.n_layers):
+        total += 8.0 * d * d + 4.0 * seq_len * d  # QKV + output projections; scores + weighted values
+        if uses_moe(cfg, i):
+            m = cfg.moe
+            total += 2.0 * d * m.n_experts + m.capacity_factor * m.top_k * _ffn_flops(cfg)
+        else:
+            total += _ffn_flops(cfg)
+    head = 2.0 * d * cfg.vocab_size
+    if cfg.arch == "encoder" and cfg.head_transform:
+        head += 2.0 * d * d
+    return total + head_fraction(cfg, seq_len, mask_rate) * head
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int, mask_rate: float | None = None) -> float:
+    """Forward + backward training FLOPs per token at `seq_len`. `mask_rate` (encoder with a sparse head): the
+    share of positions projected to the vocabulary; None means every position (dense head, evaluation)."""
+    return 3.0 * forward_flops_per_token(cfg, seq_len, mask_rate)
+
+
+def param_counts(cfg: ModelConfig) -> dict[str, int]:
+    """`total` (tied weights once), `active` (per token: top_k of n_experts), `embedding` (token and position
+    tables, plus an untied output projection) and `non_embedding` = total - embedding."""
+    from cramlm.models.moe import MoE
+    from cramlm.models.registry import build_model
+
+    with torch.device("meta"):
+        model = build_model(cfg)
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.embed.tok.weight.numel()
+    if model.embed.pos is not None:
+        embedding += sum(p.numel() for p in model.embed.pos.parameters())
+    out = model.decoder if cfg.arch == "encoder" else model.head
+    if out.weight is not model.embed.tok.weight:
+        embedding += out.weight.numel()
+    inactive = 0
+    for mod in model.modules():
+        if isinstance(mod, MoE):
+            per_expert = (mod.w_in.numel() + mod.w_out.numel()) // cfg.moe.n_experts
+            inactive += (cfg.moe.n_experts - cfg.moe.top_k) * per_expert
+    return {"total": total, "active": total - inactive, "embedding": embedding, "non_embedding": total - embedding}
