@@ -1,0 +1,86 @@
+"""`cramlm cascade fit`: train the first stages on a task's train split, calibrate them on its dev split against
+the fine-tuned transformer, measure the saving, and write the cascade directory."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from cramlm.cascade.calibrate import calibrate
+from cramlm.cascade.core import Cascade, Classifier, check_labels
+from cramlm.cascade.linear import LinearStage, Text
+from cramlm.cascade.rules import RuleStage
+from cramlm.errors import CramlmError
+
+
+def calibrate_cascade(stages: list[Classifier], dev_texts: Sequence[Text], dev_y: np.ndarray,
+                      labels: Sequence[str], transformer: Classifier, max_drop: float = 0.5,
+                      task: str | None = None, transformer_ref: str | None = None) -> Cascade:
+    """Calibrate trained first stages against any `predict_proba` transformer on labelled dev data, and measure
+    the wall time of the transformer alone vs the calibrated cascade on the same inputs."""
+    labels = list(labels)
+    check_labels(labels, transformer, "the transformer")
+    if not stages:
+        raise CramlmError("a cascade needs at least one first stage (the linear model or --rules)")
+    _warm_up(transformer, dev_texts)
+    seconds, probs = {}, []
+    for model in [*stages, transformer]:
+        t0 = time.perf_counter()
+        probs.append(np.asarray(model.predict_proba(dev_texts)))
+        seconds[model.kind] = time.perf_counter() - t0
+    flops = [float(s.flops_per_example(dev_texts)) for s in stages]
+    final_flops = float(transformer.flops_per_example(dev_texts)) if hasattr(transformer, "flops_per_example") \
+        else float("nan")
+    cal = calibrate([s.kind for s in stages], probs[:-1], probs[-1], np.asarray(dev_y), max_drop, flops,
+                    final_flops)
+    cascade = Cascade(labels, stages, cal.thresholds, transformer, transformer_ref, cal, task)
+    t0 = time.perf_counter()
+    cascade.predict(dev_texts)
+    cal.seconds = {"transformer_alone": seconds["transformer"], "cascade": time.perf_counter() - t0,
+                   "per_stage_all_inputs": seconds, "dev_inputs": len(dev_texts)}
+    return cascade
+
+
+def _warm_up(model: Classifier, texts: Sequence[Text]) -> None:
+    """One small call first, so lazy initialisation does not count against the transformer's measured time."""
+    model.predict_proba(list(texts[:8]))
+
+
+def fit_cascade(ft_dir: str | Path, task_path: str | Path, out: str | Path, max_drop: float = 0.5,
+                rules_file: str | Path | None = None, linear: bool = True, max_train_examples: int | None = None,
+                log: Callable[[str], None] = lambda _: None) -> Cascade:
+    """The CLI's fit: `task_path` is a GLUE task folder (e.g. data/glue/SST-2); read with eval.glue's readers."""
+    from cramlm.cascade.transformer import load_transformer
+    from cramlm.eval.glue import parse_tasks, read_split
+
+    task_path = Path(task_path)
+    if not task_path.is_dir():
+        raise CramlmError(f"task folder {task_path} does not exist (expected e.g. data/glue/SST-2)")
+    task = parse_tasks(task_path.name)[0]
+    if not task.label_names:
+        raise CramlmError(f"{task.name} is a regression task; a cascade needs a classification task")
+    transformer = load_transformer(ft_dir)
+    if transformer.task and transformer.task != task.name:
+        raise CramlmError(f"{ft_dir} was fine-tuned on {transformer.task}, not on {task.name}")
+    check_labels(task.label_names, transformer, f"the transformer in {ft_dir}")
+    train = read_split(task_path.parent, task, "train").head(max_train_examples)
+    dev = read_split(task_path.parent, task, task.dev[0][1])
+    out = Path(out)
+    ref = os.path.relpath(Path(ft_dir).resolve(), out.resolve())  # relative: the two dirs can move together
+    stages: list[Classifier] = [RuleStage.from_yaml(Path(rules_file), task.label_names)] if rules_file else []
+    if linear:
+        t0 = time.perf_counter()
+        stages.append(LinearStage.fit([_text(t) for t in train.texts], train.labels, task.label_names))
+        log(f"linear stage trained on {len(train)} {task.name} examples in {time.perf_counter() - t0:.1f} s")
+    cascade = calibrate_cascade(stages, [_text(t) for t in dev.texts], dev.labels, task.label_names, transformer,
+                                max_drop, task.name, ref)
+    cascade.save(out)
+    return cascade
+
+
+def _text(t: tuple[str, ...]) -> Text:
+    return t[0] if len(t) == 1 else t
