@@ -1,0 +1,160 @@
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from cramlm.config import DataConfig
+from cramlm.data.loader import IGNORE, BatchLoader
+from cramlm.data.prepare import prepare
+from cramlm.data.store import Dataset
+from cramlm.data.tokenizer import CLS_ID, MASK_ID, SEP_ID
+from cramlm.errors import CramlmError
+
+WORDS = ("language model token train text data word mask predict learn budget sentence small large fast slow "
+         "the a of to and in is it that for on with as by").split()
+
+
+def write_corpus(folder, n_docs=400, seed=0):
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    docs = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 80))) + "." for _ in range(n_docs)]
+    docs += docs[:10]  # exact duplicates
+    docs += ["1234 5678 %%%% #### 9999 0000 @@@@ 1111 2222 ++++"] * 1  # mostly not text
+    docs += ["tiny"]
+    (folder / "corpus.txt").write_text("\n\n".join(docs) + "\n")
+    return folder
+
+
+CFG = DataConfig(vocab_size=200, seq_len=32, val_fraction=0.1, min_chars=8, max_tokens_per_char_z=None)
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    src = write_corpus(root / "src")
+    prepare([str(src)], root / "ds", CFG, progress=False)
+    return root
+
+
+def test_manifest_counts_and_packing(dataset_dir):
+    ds = Dataset(dataset_dir / "ds")
+    m = ds.manifest
+    assert m["format_version"] == 1 and m["seq_len"] == 32 and m["vocab_size"] == ds.vocab_size <= 200
+    assert m["dropped"]["duplicate"] == 10 and m["dropped"]["not_text"] == 1 and m["dropped"]["too_short"] == 1
+    assert m["documents"] == 400 == m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"]
+    assert 0 < m["splits"]["val"]["documents"] < 100
+    train = ds.sequences("train")
+    assert train.dtype == np.uint16 and train.shape == (m["splits"]["train"]["sequences"], 32)
+    assert (train[:, 0] == CLS_ID).all()
+    # every train token is accounted for: document tokens + one [SEP] each = packed body + dropped tail
+    s = m["splits"]["train"]
+    assert s["tokens"] + s["documents"] == s["sequences"] * 31 + s["dropped_tail_tokens"]
+    assert (train[:, 1:] == SEP_ID).sum() in (s["documents"], s["documents"] - 1) or s["dropped_tail_tokens"]
+    counts = np.load(dataset_dir / "ds" / "token_counts.npy")
+    assert counts.sum() == s["tokens"]
+
+
+def test_workers_give_byte_identical_shards(dataset_dir):
+    cfg = CFG.model_copy(update={"tokenizer_file": str(dataset_dir / "ds" / "tokenizer.json")})
+    prepare([str(dataset_dir / "src")], dataset_dir / "ds2", cfg, workers=2, progress=False)
+    for split in ("train", "val"):
+        a = (dataset_dir / "ds" / split / "00000.bin").read_bytes()
+        b = (dataset_dir / "ds2" / split / "00000.bin").read_bytes()
+        assert a == b and len(a) > 0
+
+
+def test_small_shards_read_as_one_array(dataset_dir):
+    cfg = CFG.model_copy(update={"shard_mb": 0.001, "tokenizer_file": str(dataset_dir / "ds" / "tokenizer.json")})
+    prepare([str(dataset_dir / "src")], dataset_dir / "ds3", cfg, progress=False)
+    ds, ref = Dataset(dataset_dir / "ds3"), Dataset(dataset_dir / "ds").sequences("train")
+    seqs = ds.sequences("train")
+    assert len(ds.manifest["splits"]["train"]["shards"]) > 1
+    assert np.array_equal(np.asarray(seqs), ref) and np.array_equal(seqs[[5, 0, -1]], ref[[5, 0, -1]])
+    assert np.array_equal(seqs[3], ref[3]) and np.array_equal(seqs[2:9], ref[2:9])
+
+
+def test_tokenizer_from_another_dataset_is_refused(dataset_dir, tmp_path):
+    import shutil
+
+    shutil.copytree(dataset_dir / "ds", tmp_path / "ds")
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    manifest["tokenizer"]["sha256"] = "0" * 64
+    (tmp_path / "ds" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CramlmError, match="not the tokenizer"):
+        Dataset(tmp_path / "ds")
+
+
+def test_nothing_usable_is_a_clear_error(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.txt").write_text("x\n\ny\n")
+    with pytest.raises(CramlmError, match="no usable documents"):
+        prepare([str(tmp_path / "src")], tmp_path / "out", CFG, progress=False)
+
+
+def test_mlm_batches(dataset_dir):
+    ds = Dataset(dataset_dir / "ds")
+    loader = BatchLoader(ds, mask_rate=0.25, seed=1)
+    b = loader.next_batch(64)
+    k = round(0.25 * 32)
+    assert b["input_ids"].shape == b["labels"].shape == (64, 32) and b["mask_positions"].shape == (64, k)
+    original = torch.from_numpy(ds.sequences("train")[loader._rank_order()[:64]].astype(np.int64))
+    chosen = b["labels"] != IGNORE
+    assert (chosen.sum(1) == k).all()
+    assert torch.equal(b["labels"][chosen], original[chosen])
+    assert (original[chosen] > 4).all()  # never [PAD]/[UNK]/[CLS]/[SEP]/[MASK]
+    assert torch.equal(b["input_ids"][~chosen], original[~chosen])
+    assert torch.equal(torch.gather(chosen, 1, b["mask_positions"]), torch.ones(64, k, dtype=torch.bool))
+    many = torch.cat([loader.next_batch(64)["input_ids"][loader.next_batch(64)["labels"] != IGNORE] for _ in range(1)])
+    assert many.numel() > 0
+    masked = sum(((bb := loader.next_batch(128))["input_ids"] == MASK_ID).sum().item() for _ in range(10))
+    assert 0.75 < masked / (10 * 128 * k) < 0.85
+
+
+def test_causal_batches(dataset_dir):
+    b = BatchLoader(Dataset(dataset_dir / "ds"), objective="causal").next_batch(8)
+    assert set(b) == {"input_ids", "labels"} and torch.equal(b["input_ids"], b["labels"])
+
+
+def test_whole_word_mask_keeps_k(dataset_dir):
+    b = BatchLoader(Dataset(dataset_dir / "ds"), whole_word_mask=True).next_batch(16)
+    assert ((b["labels"] != IGNORE).sum(1) == 8).all()
+
+
+def test_resume_is_exact_and_deterministic(dataset_dir):
+    ds = Dataset(dataset_dir / "ds")
+    a = BatchLoader(ds, seed=3)
+    for n in (7, 50, 300):  # crosses an epoch boundary
+        a.next_batch(n)
+    state = json.loads(json.dumps(a.state_dict()))
+    expected = [a.next_batch(n) for n in (5, 64, 200)]
+    b = BatchLoader(ds, seed=3)
+    b.load_state_dict(state)
+    for n, want in zip((5, 64, 200), expected):
+        got = b.next_batch(n)
+        assert all(torch.equal(got[key], want[key]) for key in want)
+    assert a.epoch >= 1
+    with pytest.raises(CramlmError, match="seed"):
+        BatchLoader(ds, seed=4).load_state_dict(state)
+
+
+def test_ranks_do_not_overlap(dataset_dir):
+    ds = Dataset(dataset_dir / "ds")
+    n = len(ds.sequences("train"))
+    loaders = [BatchLoader(ds, objective="causal", rank=r, world_size=3) for r in range(3)]
+    rows = [set(l._rank_order().tolist()) for l in loaders]
+    assert not rows[0] & rows[1] and not rows[1] & rows[2] and sum(map(len, rows)) == n - n % 3
+
+
+def test_cli_prepare_and_stats(dataset_dir, cli, tmp_path):
+    code, out, err = cli("prepare", dataset_dir / "src", "--out", tmp_path / "ds", "--vocab-size", "150",
+                         "--seq-len", "16", "--quiet", "data.min_chars=8")
+    assert code == 0, err
+    assert Dataset(tmp_path / "ds").seq_len == 16 and "duplicate" in out
+    code, out, _ = cli("prepare", "--stats", tmp_path / "ds")
+    assert code == 0 and "token types used" in out
+    code, _, err = cli("prepare", tmp_path / "empty_nope", "--out", tmp_path / "x")
+    assert code == 2 and "does not exist" in err
+    code, _, err = cli("prepare", dataset_dir / "src", "--out", tmp_path / "y", "data.nosuch=1")
+    assert code == 2 and "nosuch" in err
