@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -30,9 +31,26 @@ def command(
     overrides = [a for a in (args or []) if "=" in a]
     if budget:
         overrides.append(f"budget.limit={budget}")
-    cfg = resolve_config(model=model, recipe=recipe, config_file=config, overrides=overrides)
+    if resume is not None:  # the run's own config; options given now (a larger --budget) apply on top
+        if not (resume / "config.yaml").is_file():
+            raise CramlmError(f"{resume} is not a run dir (no config.yaml) to resume")
+        cfg = resolve_config(config_file=resume / "config.yaml", overrides=overrides)
+    else:
+        cfg = resolve_config(model=model, recipe=recipe, config_file=config, overrides=overrides)
     if resume is None and not positional:
         raise CramlmError("train needs a DATA_DIR (from `cramlm prepare`) or --resume RUN_DIR")
     if len(positional) > 1:
         raise CramlmError(f"train takes one DATA_DIR, got {len(positional)}: {' '.join(positional)}")
-    raise CramlmError("cramlm train is not available yet")
+    from cramlm.train.trainer import data_dir_of, train
+
+    run_dir = resume or out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    data_dir = Path(positional[0]) if positional else data_dir_of(run_dir)
+    results = train(cfg, data_dir, run_dir, resume=resume is not None)
+    if results["status"] != "completed":
+        typer.echo(f"stopped by {results['signal']} at step {results['step']}; "
+                   f"continue with: cramlm train --resume {run_dir}")
+        return
+    val = "" if results["val_loss"] is None else f", val loss {results['val_loss']:.4f}"
+    typer.echo(f"{run_dir}: {results['steps']} steps, {results['tokens']:,} tokens in {results['seconds']:.0f}s "
+               f"({results['tokens_per_second']:,.0f} tokens/s){val}, ${results['cost']['usd']:.4f}; "
+               f"weights in {run_dir / 'final'}")

@@ -54,13 +54,14 @@ def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in params]))
 
 
-def skip_if_nonfinite(optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor) -> torch.Tensor:
-    """Arm the fused optimizer to skip its next step on the device if the gradient is not finite.
+def skip_if_nonfinite(optimizer: torch.optim.Optimizer, *values: torch.Tensor) -> torch.Tensor:
+    """Arm the fused optimizer to skip its next step on the device if any of `values` (loss, gradient norm) is
+    not finite.
 
     Returns the 0/1 "found inf" flag; a non-fused optimizer is left alone and the caller checks the flag on the
     host instead.
     """
-    found_inf = (~torch.isfinite(grad_norm)).float()
+    found_inf = (~torch.stack([torch.isfinite(v.float()).all() for v in values]).all()).float()
     if optimizer.defaults.get("fused"):
         optimizer.found_inf = found_inf  # read by the fused AdamW kernel, which then leaves params and state alone
         optimizer.grad_scale = None

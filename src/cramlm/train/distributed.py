@@ -1,0 +1,378 @@
+"""Scale out on PyTorch's own engine: one process per device, started by `torchrun`.
+
+`Distributed.from_env(cfg)` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR...) and joins
+the process group (nccl on GPU, gloo on CPU); without those variables it is a plain single process and every
+method below is a no-op, so the trainer has one code path. `wrap` applies `train.strategy`:
+
+- `ddp`: DistributedDataParallel; gradient accumulation skips the all-reduce of all but the last micro-batch.
+- `zero1`: DDP plus `ZeroRedundancyOptimizer`: each rank keeps the Adam moments of 1/N of the parameters.
+- `fsdp`: FSDP2 `fully_shard` on every block, then the root. `reshard_after_forward` true frees the gathered
+  parameters after each block's forward (ZeRO-3), false keeps them until backward (ZeRO-2, less communication).
+  Mixed precision keeps fp32 master weights and reduces in fp32; `cpu_offload` keeps shards and Adam on the host.
+- `tp`: Megatron-style tensor parallelism: QKV and the feed-forward input are split by columns, the attention and
+  feed-forward outputs by rows, so each block needs one all-reduce forward and one backward.
+- `fsdp+tp`: the two on a 2-D mesh (dp x tp): TP inside a node, FSDP across.
+
+Every rank builds the same model from the same seed; the global batch is split over the data-parallel ranks, so
+the optimizer sees the same batch whatever the world size. Decisions that depend on a clock (stop, checkpoint,
+validate) are made by rank 0 and broadcast (`agree`), so that no rank runs past the budget or waits forever in a
+collective the others skipped. Checkpoints are `torch.distributed.checkpoint` directories keyed by parameter name,
+which any world size and strategy can load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor.placement_types import _StridedShard
+
+from cramlm.errors import CramlmError
+from cramlm.train.optim import build_optimizer, param_groups
+
+STRATEGIES = ("single", "ddp", "zero1", "fsdp", "tp", "fsdp+tp")
+# Flattened optimizer state is keyed per parameter name: ZeRO ranks hold disjoint keys, any world size can load it.
+_OPTIM_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+def torchrun_env() -> bool:
+    """True inside a process started by torchrun (or any launcher that sets the same variables)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def pick_device(name: str, local_rank: int) -> torch.device:
+    """`auto` is this process's GPU (by LOCAL_RANK) when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def resolve_strategy(strategy: str, world_size: int, tp_size: int) -> str:
+    """`auto` is DDP on several processes (TP when `tp_size` > 1); one process is always `single`."""
+    if strategy == "deepspeed":
+        raise CramlmError("train.strategy=deepspeed needs the optional extra: pip install 'cramlm[deepspeed]'")
+    if world_size == 1:
+        return "single"
+    if strategy == "auto":
+        strategy = "ddp" if tp_size == 1 else ("tp" if tp_size == world_size else "fsdp+tp")
+    if strategy in ("tp", "fsdp+tp"):
+        tp = world_size if strategy == "tp" else tp_size
+        if tp < 2 or world_size % tp:
+            raise CramlmError(f"train.strategy={strategy} needs train.tp_size >= 2 dividing the {world_size} "
+                              f"processes (got tp_size={tp_size})")
+    return strategy
+
+
+@dataclass
+class Distributed:
+    """This process's place in the job: ranks, device, mesh and strategy."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    strategy: str = "single"
+    tp_size: int = 1
+    mesh: DeviceMesh | None = None  # 1-D ("dp",) or 2-D ("dp", "tp")
+    fsdp: Any = None  # FSDPConfig
+    precision: str = "fp32"
+    _sync: bool = True  # False while accumulating micro-batches whose gradients are not reduced yet
+
+    # ------------------------------------------------------------------ setup
+
+    @classmethod
+    def from_env(cls, cfg: Any) -> "Distributed":
+        """Join the torchrun job described by the environment, or stay a single process. `cfg` is a TrainConfig."""
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device = pick_device(cfg.device, local_rank)
+        if not torchrun_env():
+            return cls(device=device, fsdp=cfg.fsdp, precision=cfg.precision)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10),
+                                    device_id=device if device.type == "cuda" else None)
+        world = dist.get_world_size()
+        strategy = resolve_strategy(cfg.strategy, world, cfg.tp_size)
+        tp = {"tp": world, "fsdp+tp": cfg.tp_size}.get(strategy, 1)
+        mesh = None
+        if world > 1:
+            dims, names = ((world // tp, tp), ("dp", "tp")) if tp > 1 else ((world,), ("dp",))
+            mesh = init_device_mesh(device.type, dims, mesh_dim_names=names)
+        return cls(rank=dist.get_rank(), world_size=world, local_rank=local_rank, device=device,
+                   strategy=strategy, tp_size=tp, mesh=mesh, fsdp=cfg.fsdp, precision=cfg.precision)
+
+    def close(self) -> None:
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def dp_size(self) -> int:
+        """Data-parallel ranks: the ones that read different data (TP ranks of one group read the same)."""
+        return self.world_size // self.tp_size
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.tp_size
+
+    # ------------------------------------------------------------------ model and optimizer
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """Move `model` to the device and apply the strategy; returns the module to train."""
+        model.to(self.device)
+        s = self.strategy
+        if s == "single":
+            return model
+        if s in ("ddp", "zero1"):
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return DistributedDataParallel(model, device_ids=ids)
+        if s in ("tp", "fsdp+tp"):
+            apply_tensor_parallel(model, self.mesh["tp"])
+        if s in ("fsdp", "fsdp+tp"):
+            for p in apply_fsdp(model, self.mesh["dp"], self.fsdp, self.device, self.precision):
+                p.register_post_accumulate_grad_hook(self._average_replicated_grad)
+        return model
+
+    def _average_replicated_grad(self, param: nn.Parameter) -> None:
+        """FSDP leaves scalar parameters alone: average their gradient over the data-parallel ranks ourselves,
+        once per optimizer step (on the last micro-batch)."""
+        if self._sync:
+            dist.all_reduce(param.grad, group=self.mesh["dp"].get_group())
+            param.grad.div_(self.dp_size)
+
+    def optimizer(self, model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
+        """AdamW for the wrapped model (sharded by ZeRO-1 under `zero1`). `cfg` is a TrainConfig."""
+        if self.strategy == "single":
+            return build_optimizer(model, cfg)
+        groups = param_groups(model, cfg.weight_decay, cfg.decay_norms_and_biases)
+        hyper = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps}
+        if self.strategy == "zero1":
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+
+            zero = ZeroRedundancyOptimizer(groups[0]["params"], optimizer_class=torch.optim.AdamW, foreach=True,
+                                           weight_decay=groups[0]["weight_decay"], **hyper)
+            for group in groups[1:]:
+                zero.add_param_group(group)
+            return zero
+        # Multi-tensor kernels cannot mix sharded (DTensor) and plain tensors: give each kind its own group.
+        split = [{**g, "params": [p for p in g["params"] if isinstance(p, DTensor) == sharded]}
+                 for g in groups for sharded in (True, False)]
+        fused = self.device.type == "cuda"
+        return torch.optim.AdamW([g for g in split if g["params"]], fused=fused or None,
+                                 foreach=None if fused else True, **hyper)
+
+    @contextlib.contextmanager
+    def accumulating(self, model: nn.Module, last: bool) -> Iterator[None]:
+        """Context for one micro-batch's backward: gradients are synchronised only on the `last` one.
+
+        DDP (and ZeRO-1) skip the all-reduce with `no_sync`; FSDP2 ZeRO-2 keeps unsharded gradients between
+        micro-batches. ZeRO-3 reduce-scatters every micro-batch: holding unsharded gradients would undo its memory
+        saving.
+        """
+        self._sync = last
+        if not last and hasattr(model, "no_sync"):
+            with model.no_sync():
+                yield
+            return
+        zero2 = self.strategy in ("fsdp", "fsdp+tp") and not self.fsdp.reshard_after_forward
+        if zero2:
+            model.set_requires_gradient_sync(last)
+        yield
+
+    # ------------------------------------------------------------------ collectives
+
+    def agree(self, *flags: bool) -> tuple[bool, ...]:
+        """Rank 0's flags on every rank: one small broadcast, so clock-based decisions cannot diverge."""
+        if self.world_size == 1:
+            return tuple(bool(f) for f in flags)
+        t = torch.tensor([int(bool(f)) for f in flags], dtype=torch.uint8, device=self.device)
+        dist.broadcast(t, src=0)
+        return tuple(bool(v) for v in t.tolist())
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Average a tensor of logged values over the data-parallel ranks (every rank gets the result)."""
+        if self.world_size == 1:
+            return values
+        values = values.detach().to(self.device, torch.float32).clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values / self.world_size
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Sharded save: every rank writes its own shards of the model and optimizer into `path` (a directory)."""
+        state = _state(model, optimizer)
+        _gather_strided(state)
+        dcp.save(state, checkpoint_id=Path(path))
+
+    def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Load a `save` directory written by any world size and strategy into this rank's shards."""
+        path = Path(path)
+        if not (path / ".metadata").is_file():
+            raise CramlmError(f"{path} is not a distributed checkpoint (no .metadata)")
+        state = _state(model, optimizer)
+        strided = _gather_strided(state)
+        dcp.load(state, checkpoint_id=path)
+        for (part, key), like in strided.items():
+            state[part][key] = distribute_tensor(state[part][key], like.device_mesh, like.placements)
+        set_model_state_dict(_unwrap(model), state["model"])
+        if optimizer is not None:
+            set_optimizer_state_dict(_unwrap(model), _local(optimizer), state["optim"], options=_OPTIM_OPTIONS)
+
+    def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The whole model as plain CPU tensors on rank 0 (empty on the others): the consolidated weights."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(_unwrap(model), options=options)
+        return state if self.is_main else {}
+
+
+# ---------------------------------------------------------------------- strategies
+
+
+def apply_fsdp(model: nn.Module, mesh: DeviceMesh, cfg: Any, device: torch.device,
+               precision: str) -> list[nn.Parameter]:
+    """FSDP2: shard each block, then the root (embeddings, head), which gathers the rest once per step.
+
+    Returns the scalar parameters, which FSDP cannot shard and leaves replicated (their gradients are the
+    caller's to average)."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    scalars = [p for p in model.parameters() if p.ndim == 0]
+    kwargs: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": cfg.reshard_after_forward,
+                              "ignored_params": set(scalars)}
+    if cfg.mixed_precision and device.type == "cuda" and precision in ("auto", "bf16"):
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if cfg.cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")
+    for block in model.blocks:
+        fully_shard(block, **kwargs)
+    fully_shard(model, **kwargs)
+    return scalars
+
+
+def apply_tensor_parallel(model: nn.Module, mesh: DeviceMesh) -> None:
+    """Megatron column/row split of every dense block; each rank computes n_heads / tp heads.
+
+    Fused projections (QKV, the gated feed-forward's value and gate) are split per part, so that each rank holds
+    matching slices of q, k and v (of value and gate) and the model's `chunk` sees its own parts.
+    """
+    from cramlm.models.layers import FeedForward
+
+    tp = mesh.size()
+    for block in model.blocks:
+        attn = block.attn
+        if attn.n_heads % tp:
+            raise CramlmError(f"tensor parallel over {tp} ranks needs n_heads divisible by {tp} "
+                              f"(got {attn.n_heads})")
+        plan: dict[str, Any] = {"attn.qkv": FusedColwise(3), "attn.out": RowwiseParallel()}
+        if isinstance(block.ffn, FeedForward):  # MoE experts stay replicated
+            plan["ffn.inp"] = FusedColwise(2 if block.ffn.gated else 1)
+            plan["ffn.out"] = RowwiseParallel()
+        parallelize_module(block, mesh, plan)
+        attn.n_heads //= tp
+
+
+class FusedColwise(ColwiseParallel):
+    """Column parallel for a Linear whose output concatenates `parts` equal parts (q|k|v, value|gate): each rank
+    keeps its slice of every part (a strided shard), so the global tensor, and every checkpoint of it, keeps the
+    model's layout."""
+
+    def __init__(self, parts: int):
+        super().__init__()
+        self.parts = parts
+
+    def _partition_linear_fn(self, name: str, module: nn.Module, device_mesh: DeviceMesh) -> None:
+        placement = Shard(0) if self.parts == 1 else _StridedShard(0, split_factor=self.parts)
+        for pname, param in list(module.named_parameters(recurse=False)):
+            sharded = nn.Parameter(distribute_tensor(param, device_mesh, [placement]),
+                                   requires_grad=param.requires_grad)
+            module.register_parameter(pname, sharded)
+
+
+# ---------------------------------------------------------------------- state dicts
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The user's module under a DDP wrapper (FSDP2 and TP modify the module in place)."""
+    return getattr(model, "module", model)
+
+
+def _local(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer that holds this rank's state: ZeRO-1 keeps it in `.optim`."""
+    return getattr(optimizer, "optim", optimizer)
+
+
+def _state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    module = _unwrap(model)
+    state: dict[str, Any] = {"model": get_model_state_dict(module)}
+    if optimizer is not None:
+        state["optim"] = get_optimizer_state_dict(module, _local(optimizer), options=_OPTIM_OPTIONS)
+    return state
+
+
+def _gather_strided(state: dict[str, dict[str, Any]]) -> dict[tuple[str, str], DTensor]:
+    """Replace strided shards (the fused TP projections) by whole tensors, in place, and return the originals.
+
+    A checkpoint describes each shard as one box of the global tensor; a strided shard is several, so those
+    tensors are stored whole (deduplicated across ranks) and split again after loading."""
+    strided = {}
+    for part, tensors in state.items():
+        for key, value in tensors.items():
+            if isinstance(value, DTensor) and any(isinstance(p, _StridedShard) for p in value.placements):
+                strided[part, key] = value
+                tensors[key] = value.full_tensor()
+    return strided
+
+
+def gradient_norm(model: nn.Module) -> torch.Tensor:
+    """Global L2 norm of the gradients, whatever mix of sharded (DTensor) and plain gradients the strategy left."""
+    norms = []
+    for p in model.parameters():
+        if p.grad is not None:
+            n = torch.linalg.vector_norm(p.grad.float())
+            norms.append(n.full_tensor() if isinstance(n, DTensor) else n)
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
+def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Scale gradients to a global norm of at most `max_norm` (0 = off); returns the norm before clipping."""
+    total = gradient_norm(model)
+    if max_norm > 0:
+        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        for p in model.parameters():
+            if p.grad is not None:
+                g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+                g.mul_(coef.to(g.device))
+    return total

@@ -1,0 +1,564 @@
+"""The training loop: train the best model a budget allows, never lose work, show where the budget goes.
+
+One code path for one process and many: everything that differs between single-device and distributed training
+(wrapping the model, the optimizer's sharding, gradient sync during accumulation, gathering state for a
+checkpoint, the data shard) sits behind `Strategy`, which `train/distributed.py` subclasses.
+
+Per optimizer step the loop reads budget progress, sets the LR and the accumulation (batch ramp) from the
+schedules, runs the micro-batches, clips, and steps. It reads values back from the device only at log steps;
+a non-finite gradient is skipped by the fused optimizer on the device itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from cramlm.budget import cost as costs
+from cramlm.budget import hardware
+from cramlm.budget.flops import flops_per_token, param_counts
+from cramlm.config import RunConfig
+from cramlm.data.loader import BatchLoader
+from cramlm.data.store import Dataset
+from cramlm.errors import CramlmError
+from cramlm.eval.heldout import heldout_loss
+from cramlm.models.registry import build_model
+from cramlm.train import checkpoint as ckpt
+from cramlm.train.budget import Budget
+from cramlm.train.logging import MetricsLog, ProgressLine
+from cramlm.train.optim import build_optimizer, clip_gradients, skip_if_nonfinite
+from cramlm.train.schedules import NoiseScale, accumulation_at, auto_accumulation, lr_factor, lr_scale
+from cramlm.units import parse_interval
+
+SPIKE_PATIENCE = 2  # consecutive log windows with a loss spike before rolling back
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Strategy:
+    """One process on one device. The hooks below are all the loop knows about parallelism."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The model the loop runs forward/backward on (DDP, FSDP, TP wrap it here)."""
+        return model
+
+    def build_optimizer(self, model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
+        return build_optimizer(model, cfg)
+
+    def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        """Context for micro-batches whose gradients need no all-reduce yet."""
+        return contextlib.nullcontext()
+
+    def clip(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+        return clip_gradients(model, max_norm)
+
+    def model_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """The full (unsharded) weights, for checkpoints and `final/`."""
+        return module.state_dict()
+
+    def load_model_state(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        module.load_state_dict(state)
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return optimizer.state_dict()
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        optimizer.load_state_dict(state)
+
+    def barrier(self) -> None:
+        pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise CramlmError(f"train.device {name!r} is not a device (auto, cpu, cuda, cuda:1...)") from None
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """auto: bf16 on GPUs that have it (fp16 + grad scaler on older ones), fp32 on CPU, where bf16 is slower."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+class Interval:
+    """An event every N optimizer steps or every T seconds of budget time (`200steps`, `30m`)."""
+
+    def __init__(self, text: str, what: str):
+        q = parse_interval(text, what)
+        self.by_steps, self.amount = q.kind == "steps", q.amount
+        self.last = 0.0
+
+    def due(self, step: int, seconds: float) -> bool:
+        return (step if self.by_steps else seconds) - self.last >= self.amount
+
+    def mark(self, step: int, seconds: float) -> None:
+        self.last = float(step if self.by_steps else seconds)
+
+
+@dataclass
+class Guard:
+    """Counters of the stability guards; part of every checkpoint."""
+
+    skipped: int = 0  # non-finite steps since the last checkpoint or rollback
+    skipped_total: int = 0
+    spikes: int = 0  # consecutive log windows with a spike
+    loss_ema: float | None = None
+    rollbacks: int = 0
+    lr_mult: float = 1.0
+
+
+class Trainer:
+    """Holds a run's model, optimizer, data, budget and logs; `fit()` trains until the budget is spent."""
+
+    def __init__(self, cfg: RunConfig, data_dir: Path, run_dir: Path, strategy: Strategy | None = None,
+                 progress: bool = True):
+        self.data_dir, self.run_dir = Path(data_dir).resolve(), Path(run_dir)
+        self.dataset = Dataset(self.data_dir)
+        self.cfg = cfg = with_dataset_shape(cfg, self.dataset)
+        t = cfg.train
+        self.strategy = strategy or Strategy(resolve_device(t.device))
+        self.device = self.strategy.device
+        self.precision = resolve_precision(t.precision, self.device)
+        if self.precision == "fp16" and self.device.type != "cuda":
+            raise CramlmError("train.precision=fp16 needs a GPU; use fp32 or bf16 on CPU")
+        self.dtype = DTYPES[self.precision]
+        self.objective = "mlm" if cfg.model.arch == "encoder" else "causal"
+        world = self.strategy.world_size
+        if t.batch_size % (t.micro_batch_size * world):
+            raise CramlmError(f"train.batch_size={t.batch_size} must be a multiple of train.micro_batch_size="
+                              f"{t.micro_batch_size} x {world} process(es)")
+        self.micro = t.micro_batch_size
+        self.max_accum = t.batch_size // (t.micro_batch_size * world)
+        self.seq_len = self.dataset.seq_len
+        self.fpt = flops_per_token(cfg.model, self.seq_len, t.mask_rate if self.objective == "mlm" else None)
+        self.hw = hardware.resolve(cfg.budget.hardware, cfg.budget.price_per_hour)
+        self.peak = self.hw.peak(self._peak_dtype()) * cfg.budget.count
+
+        torch.manual_seed(t.seed)
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True)
+        if self.device.type == "cuda" and torch.cuda.get_device_capability(self.device)[0] >= 8:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.module = build_model(cfg.model).to(self.device)
+        self.model = self.strategy.wrap(self.module)
+        self.optimizer = self.strategy.build_optimizer(self.model, t)
+        use_compile = self.device.type == "cuda" if t.compile == "auto" else bool(t.compile)
+        self.forward = torch.compile(self.model) if use_compile else self.model
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.loader = BatchLoader(self.dataset, "train", self.objective, t.mask_rate, t.seed,
+                                  self.strategy.rank, world, t.whole_word_mask)
+        self.budget = Budget.from_config(cfg.budget, flops_per_token=self.fpt,
+                                         usd_per_hour=self.hw.usd_per_hour * cfg.budget.count)
+        self.checkpoint_every = Interval(t.checkpoint_every, "train.checkpoint_every")
+        self.val_every = Interval(t.val_every, "train.val_every")
+        self.guard = Guard()
+        self.noise = NoiseScale()
+        self.accum = min(2, self.max_accum) if t.batch_ramp == "auto" else 1
+        self.step = 0
+        self.stop_signal: int | None = None
+        self.train_seconds = 0.0  # time in forward/backward/optimizer, for tokens/s and MFU
+        self.eval_seconds: float | None = None
+        self.save_seconds: float | None = None
+        self.last_val: float | None = None
+        self.last_loss: float | None = None
+        self.log: MetricsLog | None = None
+        self.view = ProgressLine(progress and self.strategy.is_main)
+        self._reset_window()
+
+    def _peak_dtype(self) -> str:
+        if self.precision != "fp32":
+            return self.precision
+        return "tf32" if self.device.type == "cuda" and torch.cuda.get_device_capability(self.device)[0] >= 8 \
+            else "fp32"
+
+    # ------------------------------------------------------------ one optimizer step
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def _batches(self, n: int) -> Iterator[dict[str, torch.Tensor]]:
+        for _ in range(n):
+            batch = self.loader.next_batch(self.micro)
+            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _cut_short(self) -> bool:
+        """Stop accumulating mid-step: a wall-clock budget ran out or a signal came in."""
+        return self.stop_signal is not None or (self.budget.timed and self.budget.exhausted)
+
+    def train_step(self) -> None:
+        t, progress = self.cfg.train, self.budget.progress()
+        accum = self.accum if t.batch_ramp == "auto" else accumulation_at(progress, t.batch_ramp, self.max_accum,
+                                                                          t.ramp_end)
+        world_batch = self.micro * self.strategy.world_size
+        lr = t.lr * self.guard.lr_mult * lr_scale(accum * world_batch, t.batch_size, t.lr_scaling) * lr_factor(
+            progress, t.schedule, warmup=t.warmup, lr_start=t.lr_start, lr_end=t.lr_end, cooldown=t.cooldown)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=self.device)
+        small_sq = None
+        done = 0
+        for i, batch in enumerate(self._batches(accum)):
+            last = i == accum - 1
+            with (contextlib.nullcontext() if last else self.strategy.no_sync(self.model)), self._autocast():
+                loss = self.forward(**batch).loss
+                scaled = loss.float() / accum
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_sum += loss.detach().float()
+            done += 1
+            if t.batch_ramp == "auto" and i == 0 and accum > 1:
+                small_sq = _grad_sq_norm(self.module) * accum**2
+            if not last and self._cut_short():
+                break
+        if done < accum:  # the budget ran out mid-step: average over the micro-batches actually run
+            for p in self.module.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(accum / done)
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = self.strategy.clip(self.model, t.grad_clip)
+        if small_sq is not None and done > 1:
+            self.noise.update(small_sq, grad_norm.float() ** 2, self.micro, done * world_batch)
+        found_inf = skip_if_nonfinite(self.optimizer, grad_norm, loss_sum)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif self.optimizer.defaults.get("fused") or not bool(found_inf):  # fused: skipped on the device
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        step_loss = loss_sum / done
+        ok = found_inf == 0
+        w = self.window
+        w["loss"] += torch.where(ok, step_loss, 0.0)
+        w["ok"] += ok.float()
+        w["bad"] += found_inf
+        w["grad_norm"] = grad_norm.detach().float()
+        w["steps"] += 1
+        w["tokens"] += done * world_batch * self.seq_len
+        self.step += 1
+        self.budget.add(steps=1, tokens=done * world_batch * self.seq_len)
+        self.lr, self.batch_size = lr, done * world_batch
+        self.train_seconds += time.perf_counter() - started
+
+    def _reset_window(self) -> None:
+        zero = lambda: torch.zeros((), device=self.device)  # noqa: E731
+        self.window: dict[str, Any] = {"loss": zero(), "ok": zero(), "bad": zero(), "grad_norm": zero(),
+                                       "steps": 0, "tokens": 0, "train_seconds": self.train_seconds}
+
+    # ------------------------------------------------------------ logging and guards
+
+    def write_log(self) -> dict[str, Any]:
+        """Read the window's numbers back from the device (the one sync), apply the guards, log."""
+        w = self.window
+        ok, bad = float(w["ok"]), int(float(w["bad"]))
+        loss = float(w["loss"]) / ok if ok else float("nan")
+        seconds = self.train_seconds - w["train_seconds"]
+        tokens_per_s = w["tokens"] / seconds if seconds > 0 else 0.0
+        spent = self.budget.spent
+        cost = self.cost(spent["seconds"])
+        record = {
+            "step": self.step, "progress": self.budget.progress(), "tokens": spent["tokens"],
+            "flops": spent["flops"], "seconds": spent["seconds"], "loss": loss if ok else None, "lr": self.lr,
+            "batch_size": self.batch_size, "grad_norm": float(w["grad_norm"]), "tokens_per_s": tokens_per_s,
+            "mfu": self.fpt * tokens_per_s / self.peak if self.peak else None, "skipped": bad,
+            "eta": self.budget.eta(), "usd": cost["usd"], "co2_kg": cost["co2_kg"],
+        }
+        if self.cfg.train.batch_ramp == "auto":
+            record["noise_scale"] = self.noise.value()
+            self.accum = auto_accumulation(record["noise_scale"], self.accum, self.micro * self.strategy.world_size,
+                                           self.max_accum)
+        self.last_loss = record["loss"] if ok else self.last_loss
+        self._reset_window()
+        self._log(record)
+        self.view.update(record)
+        self._check_guards(loss if ok else None, bad)
+        self._update_reserve()
+        return record
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.log is not None:
+            self.log.write(record)
+
+    def _check_guards(self, loss: float | None, bad: int) -> None:
+        g, t = self.guard, self.cfg.train
+        g.skipped += bad
+        g.skipped_total += bad
+        if g.skipped > t.max_bad_steps:
+            self.rollback(f"{g.skipped} non-finite steps")
+            return
+        if loss is None:
+            return
+        if g.loss_ema is not None and loss > t.spike_factor * g.loss_ema:
+            g.spikes += 1
+            if g.spikes >= SPIKE_PATIENCE:
+                self.rollback(f"loss {loss:.3f} above {t.spike_factor:g}x its running mean {g.loss_ema:.3f}")
+            return
+        g.spikes = 0
+        g.loss_ema = loss if g.loss_ema is None else 0.9 * g.loss_ema + 0.1 * loss
+
+    def rollback(self, why: str) -> None:
+        """Back to the last checkpoint's weights and optimizer state, with a lower LR; the data moves on."""
+        g = self.guard
+        g.lr_mult *= self.cfg.train.rollback_lr_factor
+        g.rollbacks += 1
+        g.skipped = g.spikes = 0
+        path = ckpt.latest_checkpoint(self.run_dir)
+        if path is not None:
+            state = ckpt.load_checkpoint(path, map_location=self.device)
+            self.strategy.load_model_state(self.module, state["model"])
+            self.strategy.load_optimizer_state(self.optimizer, state["optimizer"]["optimizer"])
+        event = {"event": "rollback", "step": self.step, "reason": why, "to": path.name if path else None,
+                 "lr_mult": g.lr_mult}
+        self._log(event)
+        self.view.message(f"rollback at step {self.step}: {why}; LR x{g.lr_mult:g}"
+                          + (f", weights from {path.name}" if path else ""))
+
+    def _update_reserve(self) -> None:
+        """Keep back, from a wall-clock budget, the time the final evaluation and checkpoint will take."""
+        per_micro = self.train_seconds / max(1, self.budget.steps) / max(1, self.accum)
+        eval_s = self.eval_seconds if self.eval_seconds is not None else 0.5 * self.cfg.train.val_batches * per_micro
+        n_params = sum(p.numel() for p in self.module.parameters())
+        save_s = self.save_seconds if self.save_seconds is not None else 16 * n_params / 200e6
+        self.budget.reserve = eval_s + 1.5 * save_s
+
+    def cost(self, seconds: float) -> dict[str, float]:
+        b = self.cfg.budget
+        return costs.run_cost(seconds, self.hw, b.count, b.pue, b.region)
+
+    # ------------------------------------------------------------ evaluation and checkpoints
+
+    def validate(self) -> float:
+        started = time.perf_counter()
+        t = self.cfg.train
+        self.last_val = heldout_loss(self.module, self.dataset, self.objective, t.mask_rate, t.val_batches,
+                                     self.micro, seed=t.seed, dtype=self.dtype)
+        self.eval_seconds = time.perf_counter() - started
+        self._log({"event": "val", "step": self.step, "val_loss": self.last_val, "progress": self.budget.progress(),
+                   "seconds": self.budget.seconds})
+        return self.last_val
+
+    def save(self) -> Path | None:
+        started = time.perf_counter()
+        self.strategy.barrier()
+        model_state = self.strategy.model_state(self.module)
+        optim_state = {"optimizer": self.strategy.optimizer_state(self.optimizer),
+                       "scaler": self.scaler.state_dict() if self.scaler else None}
+        path = None
+        if self.strategy.is_main:
+            rng = {"torch": torch.get_rng_state()}
+            if self.device.type == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            trainer_state = {"rng": rng, "window": {k: v for k, v in self.window.items()
+                                                    if isinstance(v, torch.Tensor)},
+                             "noise": self.noise.state_dict()}
+            window_counts = {k: v for k, v in self.window.items() if not isinstance(v, torch.Tensor)}
+            meta = {
+                "budget": self.budget.state_dict(), "loader": self.loader.state_dict(), "guard": asdict(self.guard),
+                "accum": self.accum, "window": window_counts, "train_seconds": self.train_seconds,
+                "intervals": {"checkpoint": self.checkpoint_every.last, "val": self.val_every.last},
+                "data_dir": str(self.data_dir), "last_val": self.last_val, "last_loss": self.last_loss,
+            }
+            path = ckpt.save_checkpoint(self.run_dir, self.step, model_state, optim_state, trainer_state, meta,
+                                        keep=self.cfg.train.keep_checkpoints)
+        self.strategy.barrier()
+        self.save_seconds = time.perf_counter() - started
+        return path
+
+    def restore(self) -> Path:
+        """Continue from the newest valid checkpoint: weights, optimizer, RNG, data position, budget, guards."""
+        path = ckpt.latest_checkpoint(self.run_dir)
+        if path is None:
+            raise CramlmError(f"{self.run_dir} has no valid checkpoint to resume from")
+        state = ckpt.load_checkpoint(path, map_location=self.device)
+        self.strategy.load_model_state(self.module, state["model"])
+        self.strategy.load_optimizer_state(self.optimizer, state["optimizer"]["optimizer"])
+        if self.scaler and state["optimizer"].get("scaler"):
+            self.scaler.load_state_dict(state["optimizer"]["scaler"])
+        meta, extra = state["state"], state["trainer"]
+        torch.set_rng_state(extra["rng"]["torch"])
+        if "cuda" in extra["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(extra["rng"]["cuda"], self.device)
+        self.noise.load_state_dict(extra["noise"])
+        self.window = {**meta["window"], **{k: v.to(self.device) for k, v in extra["window"].items()}}
+        self.loader.load_state_dict(meta["loader"])
+        self.budget.load_state_dict(meta["budget"])
+        self.guard = Guard(**meta["guard"])
+        self.accum = meta["accum"]
+        self.train_seconds = meta["train_seconds"]
+        self.checkpoint_every.last = meta["intervals"]["checkpoint"]
+        self.val_every.last = meta["intervals"]["val"]
+        self.last_val, self.last_loss = meta["last_val"], meta["last_loss"]
+        self.step = meta["step"]
+        return path
+
+    # ------------------------------------------------------------ the run
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGTERM/SIGINT ask the loop to checkpoint and stop; a second SIGINT stops at once."""
+        def ask_to_stop(signum: int, frame: Any) -> None:
+            self.stop_signal = signum
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                previous[sig] = signal.signal(sig, ask_to_stop)
+            except ValueError:  # not the main thread: leave signals to the caller
+                pass
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train until the budget is spent (or a signal arrives); returns the content of `results/train.json`."""
+        t = self.cfg.train
+        if resume:
+            path = self.restore()
+            self.view.message(f"resuming {self.run_dir} from {path.name} "
+                              f"({100 * self.budget.progress():.1f}% of the budget spent)")
+        if self.strategy.is_main:
+            self.log = MetricsLog(self.run_dir, t.tensorboard, t.wandb, self.cfg.model_dump(mode="json"))
+            self._log({"event": "resume" if resume else "start", "step": self.step, "device": str(self.device),
+                       "precision": self.precision, "hardware": self.hw.name, "flops_per_token": self.fpt})
+        self.module.train()
+        self._update_reserve()
+        self.budget.start()
+        try:
+            with self._signals():
+                while not self.budget.exhausted and self.stop_signal is None:
+                    self.train_step()
+                    seconds = self.budget.seconds
+                    if self.step % t.log_every == 0:
+                        self.write_log()
+                    if self.val_every.due(self.step, seconds) and not self.budget.exhausted:
+                        self.val_every.mark(self.step, seconds)
+                        self.validate()
+                    if self.checkpoint_every.due(self.step, seconds) and not self.budget.exhausted:
+                        self.checkpoint_every.mark(self.step, seconds)
+                        self.save()
+                if self.stop_signal is not None:
+                    return self._interrupted()
+                return self._finish()
+        finally:
+            self.view.close()
+            if self.log is not None:
+                self.log.close()
+
+    def _interrupted(self) -> dict[str, Any]:
+        path = self.save()
+        name = signal.Signals(self.stop_signal).name
+        self._log({"event": "interrupted", "signal": name, "step": self.step, "checkpoint": path.name if path else None})
+        self.view.message(f"{name}: checkpoint {path} written; continue with `cramlm train --resume {self.run_dir}`")
+        return {"status": "interrupted", "signal": name, "step": self.step, "checkpoint": str(path)}
+
+    def _finish(self) -> dict[str, Any]:
+        if self.window["steps"]:
+            self.write_log()
+        val_loss = self.validate()
+        self.save()
+        results = self.results(val_loss)
+        if self.strategy.is_main:
+            ckpt.save_final(self.run_dir, self.strategy.model_state(self.module), self.cfg)
+            results = self.results(val_loss)  # seconds and cost now include writing final/
+            _write_json(self.run_dir / "results" / "train.json", results)
+            _write_json(self.run_dir / "results" / "cost.json", {**results["cost"], "hardware": self.hw.name,
+                                                                 "count": self.cfg.budget.count,
+                                                                 "seconds": results["seconds"]})
+        return results
+
+    def results(self, val_loss: float) -> dict[str, Any]:
+        spent = self.budget.spent
+        tokens_per_s = spent["tokens"] / self.train_seconds if self.train_seconds else 0.0
+        return {
+            "status": "completed", "budget": self.cfg.budget.limit, "steps": spent["steps"],
+            "tokens": spent["tokens"], "flops": spent["flops"], "seconds": spent["seconds"],
+            "train_seconds": self.train_seconds, "train_loss": self.last_loss, "val_loss": val_loss,
+            "tokens_per_second": tokens_per_s, "mfu": self.fpt * tokens_per_s / self.peak if self.peak else None,
+            "flops_per_token": self.fpt, "params": param_counts(self.cfg.model)["total"],
+            "skipped_steps": self.guard.skipped_total, "rollbacks": self.guard.rollbacks,
+            "device": str(self.device), "hardware": self.hw.name, "precision": self.precision,
+            "cost": self.cost(spent["seconds"]), "data_dir": str(self.data_dir),
+        }
+
+
+def _grad_sq_norm(model: nn.Module) -> torch.Tensor:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return torch.stack([g.float().pow(2).sum() for g in grads]).sum()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def with_dataset_shape(cfg: RunConfig, dataset: Dataset) -> RunConfig:
+    """A copy of `cfg` whose vocabulary and sequence length are the dataset's (the model must match its data)."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.model.vocab_size = cfg.data.vocab_size = dataset.vocab_size
+    cfg.model.max_seq_len = cfg.data.seq_len = dataset.seq_len
+    return cfg
+
+
+def train(cfg: RunConfig, data_dir: Path, out_dir: Path, resume: bool = False, progress: bool = True,
+          strategy: Strategy | None = None) -> dict[str, Any]:
+    """Train under `cfg.budget` on the dataset in `data_dir`, writing the run dir `out_dir`.
+
+    A fresh run refuses a dir that already holds a run; `resume=True` continues its newest valid checkpoint.
+    Returns the content of `results/train.json` (or a short `status: interrupted` record after a signal).
+    """
+    out_dir = Path(out_dir)
+    if not resume and ((out_dir / "checkpoints").exists() or (out_dir / "final").exists()):
+        raise CramlmError(f"{out_dir} already holds a run: continue it with --resume {out_dir} or pick another --out")
+    if resume and not (out_dir / "config.yaml").is_file():
+        raise CramlmError(f"{out_dir} is not a run dir (no config.yaml) to resume")
+    trainer = Trainer(cfg, data_dir, out_dir, strategy, progress)
+    if trainer.strategy.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        trainer.cfg.save(out_dir / "config.yaml")  # on resume: with whatever was changed (a larger budget)
+        shutil.copyfile(trainer.dataset.tokenizer_path, out_dir / "tokenizer.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        return trainer.fit(resume=resume)
+
+
+def data_dir_of(run_dir: Path) -> Path:
+    """The dataset dir a run was trained on, from its newest checkpoint (for `--resume` without DATA_DIR)."""
+    for path in reversed(ckpt.checkpoint_dirs(run_dir)):
+        try:
+            return Path(json.loads((path / ckpt.STATE).read_text())["data_dir"])
+        except (OSError, ValueError, KeyError):
+            continue
+    raise CramlmError(f"{run_dir} has no checkpoint that names its dataset: pass DATA_DIR as well")

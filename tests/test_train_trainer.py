@@ -1,0 +1,178 @@
+"""The trainer end to end on a tiny model and dataset: budgets, exact resume after SIGKILL, guards, the CLI."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cramlm.config import DataConfig, load_run_config, resolve_config
+from cramlm.train import checkpoint as ckpt
+from cramlm.train import trainer as trainer_mod
+from cramlm.train.logging import read_metrics
+from cramlm.train.trainer import train
+
+TINY = ["model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "train.batch_size=16",
+        "train.micro_batch_size=4", "budget.hardware=cpu", "train.log_every=1", "train.val_batches=2"]
+WORDS = "the cat sat on a mat while dogs ran in parks and birds sang songs of rivers trees stones".split()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from cramlm.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("data")
+    rng = random.Random(0)
+    docs = (" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 80))) for _ in range(400))
+    (root / "corpus.txt").write_text("\n\n".join(docs))
+    cfg = DataConfig(seq_len=32, vocab_size=128, val_fraction=0.1, min_chars=0, max_tokens_per_char_z=None)
+    prepare([str(root / "corpus.txt")], root / "ds", cfg, progress=False)
+    return root / "ds"
+
+
+def tiny_cfg(*overrides):
+    return resolve_config(model="tiny", recipe="demo", overrides=TINY + list(overrides))
+
+
+def final_weights(run):
+    return ckpt.load_weights(Path(run) / "final" / "model.safetensors")
+
+
+def test_step_budget_run_writes_the_run_dir(data_dir, tmp_path):
+    res = train(tiny_cfg("budget.limit=12steps", "train.checkpoint_every=5steps"), data_dir, tmp_path / "run",
+                progress=False)
+    run = tmp_path / "run"
+    assert res["status"] == "completed" and res["steps"] == 12
+    assert res["tokens"] == sum(r["batch_size"] for r in read_metrics(run) if "loss" in r) * 32
+    assert res["flops"] == pytest.approx(res["tokens"] * res["flops_per_token"])
+    for key in ("train_loss", "val_loss", "tokens_per_second", "mfu", "seconds"):
+        assert res[key] > 0
+    assert json.loads((run / "results" / "train.json").read_text())["steps"] == 12
+    assert json.loads((run / "results" / "cost.json").read_text())["usd"] > 0
+    assert [p.name for p in ckpt.checkpoint_dirs(run)] == ["step-10", "step-12"]
+    cfg = load_run_config(run / "final" / "config.yaml")
+    assert cfg.model.vocab_size == res_vocab(data_dir) and cfg.model.max_seq_len == 32
+    assert (run / "tokenizer.json").is_file()
+    model, _ = ckpt.load_model(run)
+    saved = final_weights(run)
+    assert saved.keys() == model.state_dict().keys()
+    assert all(torch.equal(t, saved[k]) for k, t in model.state_dict().items())
+    records = [r for r in read_metrics(run) if "loss" in r]
+    sizes = [r["batch_size"] for r in records]
+    assert sizes == sorted(sizes) and sizes[0] == 4 and sizes[-1] == 16  # the ramp, by accumulation
+    lrs = [r["lr"] for r in records]
+    assert lrs[0] < max(lrs) and lrs[-1] < max(lrs)  # one-cycle
+
+
+def res_vocab(data_dir):
+    return json.loads((Path(data_dir) / "manifest.json").read_text())["vocab_size"]
+
+
+def test_wall_clock_budget_stops_in_time_even_mid_step(data_dir, tmp_path):
+    """One optimizer step of 4096 sequences takes far longer than the 2 s budget: the micro-step check cuts it."""
+    cfg = tiny_cfg("budget.limit=2s", "train.batch_size=4096", "train.batch_ramp=none")
+    started = time.monotonic()
+    res = train(cfg, data_dir, tmp_path / "run", progress=False)
+    assert 1.8 <= res["seconds"] <= 2.0 + 0.5
+    assert time.monotonic() - started < 8
+    assert res["steps"] == 1 and res["tokens"] < 4096 * 32
+
+
+CHILD = """
+import sys, torch
+torch.set_num_threads(1)
+from cramlm.config import resolve_config
+from cramlm.train.trainer import train
+train(resolve_config(model="tiny", recipe="demo", overrides=sys.argv[3:]), sys.argv[1], sys.argv[2], progress=False)
+"""
+
+
+def test_sigkill_then_resume_is_bit_identical(data_dir, tmp_path):
+    overrides = ["budget.limit=30steps", "train.checkpoint_every=3steps", "model.d_model=64", "model.d_ff=128"]
+    cfg = tiny_cfg(*overrides)
+    train(cfg, data_dir, tmp_path / "ref", progress=False)
+
+    kill_at = random.Random().randint(4, 24)
+    run = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(data_dir), str(run), *TINY, *overrides], env=env)
+    try:
+        while child.poll() is None:
+            steps = [r.get("step", 0) for r in read_metrics(run)]
+            if steps and max(steps) >= kill_at:
+                child.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        child.wait(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == -signal.SIGKILL, f"the run ended before step {kill_at}"
+    assert not (run / "final").exists()
+
+    res = train(load_run_config(run / "config.yaml"), data_dir, run, resume=True, progress=False)
+    assert res["steps"] == 30
+    ref, got = final_weights(tmp_path / "ref"), final_weights(run)
+    assert ref.keys() == got.keys()
+    for name in ref:
+        assert torch.equal(ref[name], got[name]), name
+    assert any(r.get("event") == "resume" for r in read_metrics(run))
+
+
+class Poisoned(torch.nn.Module):
+    """Wraps a model: the loss of chosen forward calls is replaced (NaN, or a spike)."""
+
+    def __init__(self, model, bad_calls, value):
+        super().__init__()
+        self.model, self.bad_calls, self.value, self.calls = model, set(bad_calls), value, 0
+
+    def forward(self, **batch):
+        out = self.model(**batch)
+        self.calls += 1
+        if self.calls in self.bad_calls:
+            out.loss = out.loss * 0 + self.value if self.value != self.value else out.loss * self.value
+        return out
+
+
+def _poison(monkeypatch, bad_calls, value):
+    build = trainer_mod.build_model
+    monkeypatch.setattr(trainer_mod, "build_model", lambda cfg: Poisoned(build(cfg), bad_calls, value))
+
+
+def test_non_finite_steps_are_skipped(data_dir, tmp_path, monkeypatch):
+    _poison(monkeypatch, {3}, float("nan"))  # a forward of step 3 (batch ramp: 1 micro-batch per step early on)
+    res = train(tiny_cfg("budget.limit=8steps"), data_dir, tmp_path / "run", progress=False)
+    assert res["skipped_steps"] == 1 and res["steps"] == 8
+    records = [r for r in read_metrics(tmp_path / "run") if "skipped" in r]
+    assert [r["skipped"] for r in records[:4]] == [0, 0, 1, 0] and records[2]["loss"] is None
+    assert all(torch.isfinite(t).all() for t in final_weights(tmp_path / "run").values())
+    assert res["val_loss"] == res["val_loss"] and res["train_loss"] is not None
+
+
+def test_repeated_spikes_roll_back_and_lower_the_lr(data_dir, tmp_path, monkeypatch):
+    _poison(monkeypatch, set(range(20, 200)), 50.0)  # from some point on, every loss is 50x
+    cfg = tiny_cfg("budget.limit=24steps", "train.checkpoint_every=4steps", "train.batch_ramp=none",
+                   "train.batch_size=4")
+    res = train(cfg, data_dir, tmp_path / "run", progress=False)
+    events = [r for r in read_metrics(tmp_path / "run") if r.get("event") == "rollback"]
+    assert res["rollbacks"] >= 1 and events
+    assert events[0]["lr_mult"] == 0.5 and events[0]["to"].startswith("step-")
+
+
+def test_cli_trains_and_resume_extends_the_budget(cli, data_dir, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = cli("train", data_dir, "--model", "tiny", "--recipe", "demo", "--budget", "20steps",
+                         "--out", run, *TINY)
+    assert code == 0, err
+    assert "20 steps" in out and (run / "final" / "model.safetensors").is_file()
+    code, _, err = cli("train", data_dir, "--model", "tiny", "--budget", "20steps", "--out", run, *TINY)
+    assert code == 2 and "already holds a run" in err
+    code, out, err = cli("train", "--resume", run, "--budget", "24steps")
+    assert code == 0, err
+    assert "24 steps" in out
+    assert load_run_config(run / "config.yaml").budget.limit == "24steps"
