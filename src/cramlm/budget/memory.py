@@ -44,15 +44,16 @@ def activation_bytes(cfg: ModelConfig, micro_batch: int, seq_len: int, mask_rate
 
     Per token and block we count the values autograd saves: the two norms' inputs and outputs (4d), q, k, v, the
     attention output and the projected output (5d; attention scores are not stored with fused SDPA kernels),
-    and the feed-forward's hidden values (2 d_ff for GELU: pre- and post-activation; 3 d_ff for a gated unit),
+    and the feed-forward's 2 d_ff hidden values (GELU: pre- and post-activation; a gated unit, whose input
+    projection of width d_ff splits into value and gate: that projection, then activated gate and product),
     times top_k in MoE blocks. The output head keeps fp32 logits and their gradient for the predicted tokens
     (the masked ones only with a sparse MLM head).
     """
     value_bytes = 2 if mixed_precision else 4
     tokens = micro_batch * seq_len
-    ffn_values = (3 if cfg.ffn in ("geglu", "swiglu") else 2) * cfg.d_ff
     moe_blocks = cfg.n_layers // cfg.moe.every if cfg.moe.n_experts else 0
-    per_token = cfg.n_layers * 9 * cfg.d_model + ffn_values * (cfg.n_layers - moe_blocks + moe_blocks * cfg.moe.top_k)
+    ffn_runs = cfg.n_layers - moe_blocks + moe_blocks * cfg.moe.top_k
+    per_token = cfg.n_layers * 9 * cfg.d_model + ffn_runs * 2 * cfg.d_ff
     predicted = tokens
     if cfg.arch == "encoder" and cfg.sparse_head and mask_rate:
         predicted = micro_batch * round(mask_rate * seq_len)
@@ -66,6 +67,6 @@ def memory_per_device(params: float, n_devices: int = 1, activations: float = 0.
     return {s: (model_state_bytes(params, s, n_devices, mixed_precision) + activations) / GB for s in STRATEGIES}
 
 
-def first_fit(per_device_gb: dict[str, float], device_gb: float) -> str | None:
+def first_fit(per_device_gb: dict[str, float], device_gb: float, strategies: tuple[str, ...] = STRATEGIES) -> str | None:
     """The simplest strategy (DDP first, offload last) that fits the device with headroom; None if none does."""
-    return next((s for s in STRATEGIES if per_device_gb[s] <= device_gb * HEADROOM), None)
+    return next((s for s in strategies if per_device_gb[s] <= device_gb * HEADROOM), None)

@@ -1,0 +1,340 @@
+"""What a budget buys, before it is spent: compute, a compute-optimal model, time, money, energy and memory.
+
+`plan()` turns hardware x count x budget (hours, dollars, FLOPs, or a model and a token count) into one dict:
+the FLOPs the budget delivers at an MFU, Chinchilla's optimum for them, what the chosen (or recommended) cramlm
+model does with them, the run's cost and emissions, the cost of a hyper-parameter search, and the memory per
+device of every data-parallel strategy. `calibrate()` measures the MFU by running real training steps here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from cramlm.budget import memory, scaling
+from cramlm.budget.cost import run_cost
+from cramlm.budget.flops import flops_per_token, param_counts
+from cramlm.budget.hardware import Hardware, detect, resolve
+from cramlm.config import RunConfig, list_presets, resolve_config
+from cramlm.errors import CramlmError
+
+DEFAULT_MFU = 0.4  # well-tuned transformer training reaches 35-50% of the dense peak (e.g. PaLM reports 46%)
+DEFAULT_HOURS = 24.0  # Cramming's budget: one GPU-day
+RECIPE = "crammed"
+OBJECTIVES = {"mlm": "encoder", "causal": "decoder"}
+BASELINES = ("bert-original",)
+
+
+def run_config(model: str, objective: str | None = None) -> RunConfig:
+    """The config `cramlm train --model MODEL` would use (crammed recipe), with data.vocab_size = the model's."""
+    cfg = resolve_config(model=model, recipe=RECIPE)
+    if objective and OBJECTIVES[objective] != cfg.model.arch:
+        raise CramlmError(f"model {model!r} is an {cfg.model.arch}: it does not train the {objective} objective")
+    cfg.data.vocab_size = cfg.model.vocab_size
+    return cfg
+
+
+def model_cost(cfg: RunConfig) -> tuple[int, float]:
+    """(total parameters, training FLOPs per token) of a run config, counted by `flops.py`."""
+    mask = cfg.train.mask_rate if cfg.model.arch == "encoder" else None
+    return param_counts(cfg.model)["total"], flops_per_token(cfg.model, cfg.data.seq_len, mask)
+
+
+def recommend_preset(params: float, objective: str) -> str:
+    """The dense model preset for `objective` whose parameter count is nearest to `params` (in log scale).
+
+    Mixture-of-experts presets are left out (Chinchilla's laws were fitted on dense models), and so are the
+    presets that reproduce published baselines for comparison."""
+    arch = OBJECTIVES[objective]
+    sizes = {}
+    for name in list_presets("model"):
+        cfg = resolve_config(model=name)
+        if cfg.model.arch == arch and not cfg.model.moe.n_experts and name not in BASELINES:
+            sizes[name] = param_counts(cfg.model)["total"]
+    return min(sizes, key=lambda n: abs(math.log(sizes[n] / params)))
+
+
+def memory_plan(cfg: RunConfig | None, params: float, hw: Hardware, count: int, mixed: bool) -> dict[str, Any]:
+    """GB per device for every strategy at the recipe's micro-batch, and the simplest strategy that fits.
+
+    When no on-device strategy fits, halve the micro-batch (gradient accumulation keeps the global batch) before
+    falling back to CPU offload, which is the slowest."""
+    def per_device(micro: int) -> dict[str, float]:
+        act = 0.0
+        if cfg is not None:
+            mask = cfg.train.mask_rate if cfg.model.arch == "encoder" else None
+            act = memory.activation_bytes(cfg.model, micro, cfg.data.seq_len, mask, mixed)
+        return memory.memory_per_device(params, count, act, mixed)
+
+    micro = cfg.train.micro_batch_size if cfg is not None else 1
+    gb = per_device(micro)
+    halvings = [micro >> i for i in range(micro.bit_length())]
+    fit, fit_micro = None, None
+    for strategies in (memory.STRATEGIES[:-1], memory.STRATEGIES[-1:]):
+        for m in halvings:
+            fit = memory.first_fit(per_device(m), hw.memory_gb, strategies)
+            if fit is not None:
+                fit_micro = m
+                break
+        if fit is not None:
+            break
+    return {
+        "gb": gb, "micro_batch_size": micro, "device_gb": hw.memory_gb,
+        "fits": {"strategy": fit, "micro_batch_size": fit_micro},
+        "activations": cfg is not None,
+    }
+
+
+def calibrate(cfg: RunConfig, steps: int = 3, step_seconds: float = 0.25) -> dict[str, Any]:
+    """Measure MFU on this machine: a few real AdamW steps of `cfg.model` on random tokens.
+
+    The micro-batch is the recipe's, cut down so one step takes about `step_seconds` at this device's peak (a
+    CPU cannot run a 120M-parameter model at 128 x 128 tokens per step in a few seconds)."""
+    from cramlm.models.registry import build_model
+    from cramlm.train.optim import build_optimizer
+
+    local = detect()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = "fp32" if device == "cpu" else local.best_dtype
+    params, per_token = model_cost(cfg)
+    seq = cfg.data.seq_len
+    micro = max(1, min(cfg.train.micro_batch_size, int(local.peak(dtype) * step_seconds / (per_token * seq))))
+    torch.manual_seed(0)
+    model = build_model(cfg.model).to(device).train()
+    optimizer = build_optimizer(model, cfg.train)
+    batch = _random_batch(cfg, micro, device)
+    amp = torch.autocast(device, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32),
+                         enabled=dtype in ("bf16", "fp16"))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    times = []
+    for _ in range(steps + 1):  # the first step allocates and warms up: not timed
+        t0 = time.perf_counter()
+        with amp:
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync()
+        times.append(time.perf_counter() - t0)
+    seconds = min(times[1:])
+    achieved = per_token * micro * seq / seconds
+    return {"mfu": achieved / local.peak(dtype), "device": local.name, "dtype": dtype, "micro_batch_size": micro,
+            "tokens_per_s": micro * seq / seconds, "flops_per_s": achieved, "steps": steps}
+
+
+def _random_batch(cfg: RunConfig, n: int, device: str) -> dict[str, torch.Tensor]:
+    seq, vocab = cfg.data.seq_len, cfg.model.vocab_size
+    ids = torch.randint(5, vocab, (n, seq), device=device)
+    if cfg.model.arch == "decoder":
+        return {"input_ids": ids, "labels": ids}
+    k = max(1, round(cfg.train.mask_rate * seq))
+    positions = torch.rand(n, seq, device=device).argsort(dim=1)[:, :k].sort(dim=1).values
+    labels = torch.full_like(ids, -100).scatter(1, positions, ids.gather(1, positions))
+    return {"input_ids": ids.scatter(1, positions, 4), "labels": labels, "mask_positions": positions}
+
+
+def plan(
+    hardware: str = "auto", count: int = 1, *, hours: float | None = None, usd: float | None = None,
+    flops: float | None = None, params: float | None = None, tokens: float | None = None, model: str | None = None,
+    objective: str | None = None, mfu: float | None = None, calibrate_steps: int = 0, runs: int = 10,
+    region: str = "world", pue: float = 1.1,
+) -> dict[str, Any]:
+    """The whole plan as a JSON-ready dict (see docs/plan.md for every key)."""
+    if count < 1 or runs < 1:
+        raise CramlmError(f"--count and --runs must be at least 1 (got {count}, {runs})")
+    if sum(x is not None for x in (hours, usd, flops)) > 1:
+        raise CramlmError("give one budget: --hours, --usd or --flops")
+    if tokens is not None and any(x is not None for x in (hours, usd, flops)):
+        raise CramlmError("--tokens fixes the run's length: give it without --hours, --usd or --flops")
+    if tokens is not None and model is None and params is None:
+        raise CramlmError("--tokens needs --model or --params to know the FLOPs per token")
+    if model is not None and params is not None:
+        raise CramlmError("give --model or --params, not both")
+    for name, value in (("hours", hours), ("usd", usd), ("flops", flops), ("params", params), ("tokens", tokens)):
+        if value is not None and not value > 0:
+            raise CramlmError(f"--{name} must be positive (got {value})")
+    if mfu is not None and not 0 < mfu <= 1:
+        raise CramlmError(f"--mfu is a fraction of the peak in (0, 1] (got {mfu})")
+    if objective is not None and objective not in OBJECTIVES:
+        raise CramlmError(f"--objective must be mlm or causal (got {objective!r})")
+
+    hw = resolve(hardware)
+    dtype = "fp32" if hw.name == "cpu" else hw.best_dtype
+    cfg = run_config(model, objective) if model else None
+    objective = objective or ("causal" if cfg is not None and cfg.model.arch == "decoder" else "mlm")
+
+    if cfg is not None:
+        run_params, per_token = model_cost(cfg)
+    elif params is not None:
+        run_params, per_token = params, 6.0 * params
+    else:
+        run_params = per_token = None
+
+    def spend(rate: float) -> tuple[float, str]:
+        """(seconds, budget text for the config) of the budget at `rate` FLOP/s."""
+        if tokens is not None:
+            return tokens * per_token / rate, f"{tokens:g}tokens"
+        if flops is not None:
+            return flops / rate, f"{flops:g}flops"
+        if usd is not None:
+            if hw.usd_per_hour <= 0:
+                raise CramlmError(f"hardware {hw.name!r} has no price per hour: give --hours or --flops")
+            return usd / (hw.usd_per_hour * count) * 3600, f"{usd:g}usd"
+        h = DEFAULT_HOURS if hours is None else hours
+        return h * 3600, f"{h:g}h"
+
+    peak = hw.peak(dtype) * count
+    calibration = None
+    if calibrate_steps:
+        if mfu is not None:
+            raise CramlmError("give --mfu or --calibrate, not both")
+        if params is not None:
+            raise CramlmError("--calibrate runs a real model: give --model instead of --params")
+        if cfg is None:  # calibrate the preset the default MFU would recommend
+            seconds, _ = spend(peak * DEFAULT_MFU)
+            cfg_calibrated = run_config(recommend_preset(scaling.compute_optimal(peak * DEFAULT_MFU * seconds)[0],
+                                                         objective))
+        calibration = calibrate(cfg or cfg_calibrated, calibrate_steps)
+        mfu = calibration["mfu"]
+    mfu_source = "calibrated" if calibration else ("given" if mfu is not None else "assumed")
+    mfu = mfu if mfu is not None else DEFAULT_MFU
+    seconds, budget = spend(peak * mfu)
+    flops = peak * mfu * seconds
+
+    opt_params, opt_tokens = scaling.compute_optimal(flops)
+    alt_params, alt_tokens = scaling.fitted_optimum(flops)
+    recommended = recommend_preset(opt_params, objective)
+    if run_params is None:  # no model given: train the recommended preset
+        cfg = run_config(recommended)
+        model = recommended
+        run_params, per_token = model_cost(cfg)
+    run_tokens = flops / per_token
+    # Chinchilla's N and D are in 6ND terms: the model's own FLOPs per token may differ (sparse MLM head).
+    equivalent_tokens = flops / (6.0 * run_params)
+
+    cost = run_cost(seconds, hw, count, pue, region)
+    mixed = dtype != "fp32"
+    mem = memory_plan(cfg, run_params, hw, count, mixed)
+    return {
+        "hardware": {"name": hw.name, "description": hw.description, "measured": hw.measured, "count": count,
+                     "dtype": dtype,
+                     "peak_flops_per_s": hw.peak(dtype), "memory_gb": hw.memory_gb,
+                     "usd_per_hour": hw.usd_per_hour, "tdp_watts": hw.tdp_watts},
+        "budget": budget,
+        "mfu": mfu,
+        "mfu_source": mfu_source,
+        "calibration": calibration,
+        "objective": objective,
+        "flops": flops,
+        "model": model,
+        "params": run_params,
+        "flops_per_token": per_token,
+        "tokens": run_tokens,
+        "tokens_per_param": run_tokens / run_params,
+        "predicted_loss": scaling.fitted_loss(run_params, equivalent_tokens),
+        "chinchilla": {"params": opt_params, "tokens": opt_tokens, "tokens_per_param": scaling.TOKENS_PER_PARAM,
+                       "loss": scaling.fitted_loss(opt_params, opt_tokens),
+                       "fitted": {"params": alt_params, "tokens": alt_tokens,
+                                  "loss": scaling.fitted_loss(alt_params, alt_tokens)}},
+        "recommended_preset": recommended,
+        "hours": seconds / 3600,
+        "gpu_hours": cost["gpu_hours"],
+        "cost_usd": cost["usd"],
+        "energy_kwh": cost["kwh"],
+        "co2_kg": cost["co2_kg"],
+        "region": region,
+        "pue": pue,
+        "hp_search": {"runs": runs, "cost_usd": runs * cost["usd"], "gpu_hours": runs * cost["gpu_hours"],
+                      "energy_kwh": runs * cost["kwh"], "co2_kg": runs * cost["co2_kg"]},
+        "memory_gb_per_device": mem["gb"],
+        "memory": {k: v for k, v in mem.items() if k != "gb"},
+    }
+
+
+_STRATEGY_KEYS = {
+    "zero1": ["train.strategy=zero1"],
+    "zero2": ["train.strategy=fsdp", "train.fsdp.reshard_after_forward=false"],
+    "zero3": ["train.strategy=fsdp", "train.fsdp.reshard_after_forward=true"],
+    "zero3_offload": ["train.strategy=fsdp", "train.fsdp.reshard_after_forward=true", "train.fsdp.cpu_offload=true"],
+}
+
+
+def plan_config(p: dict[str, Any]) -> RunConfig:
+    """A run config that `cramlm train --config` accepts: the plan's model, budget, hardware and strategy."""
+    hw = p["hardware"]
+    name = "auto" if hw["measured"] and hw["name"] != "cpu" else hw["name"]  # an uncatalogued GPU: detect again
+    overrides = [f"budget.limit={p['budget']}", f"budget.hardware={name}", f"budget.count={hw['count']}",
+                 f"budget.region={p['region']}", f"budget.pue={p['pue']}"]
+    fits = p["memory"]["fits"]
+    if fits["strategy"] is not None:
+        overrides.append(f"train.micro_batch_size={fits['micro_batch_size']}")
+        overrides += _STRATEGY_KEYS.get(fits["strategy"], [])
+    if hw["name"] != "cpu":
+        overrides.append(f"train.precision={hw['dtype'] if hw['dtype'] in ('bf16', 'fp16') else 'auto'}")
+    cfg = run_config(p["model"])
+    return resolve_config(base=cfg.model_dump(mode="json"), overrides=overrides)
+
+
+def format_plan(p: dict[str, Any]) -> str:
+    """The plan as aligned text lines for the terminal."""
+    from cramlm.units import format_count as n, format_seconds
+
+    hw, ch, mem = p["hardware"], p["chinchilla"], p["memory"]
+    mfu_note = p["mfu_source"]
+    if p["calibration"]:
+        c = p["calibration"]
+        mfu_note += f" on {c['device']} ({c['dtype']}, {n(c['tokens_per_s'])} tokens/s)"
+    fits = mem["fits"]
+    fit_text = (f"{fits['strategy']} at micro-batch {fits['micro_batch_size']}" if fits["strategy"]
+                else "nothing, even at micro-batch 1")
+    gb = "  ".join(f"{k} {v:.1f}" for k, v in p["memory_gb_per_device"].items())
+    hs = p["hp_search"]
+    rows = [
+        ("hardware", f"{hw['count']} x {hw['name']} ({hw['description']}), {n(hw['peak_flops_per_s'])}FLOP/s "
+                     f"{hw['dtype']} peak each, {hw['memory_gb']:.0f} GB, ${hw['usd_per_hour']:.2f}/h"),
+        ("budget", f"{p['budget']} at MFU {p['mfu']:.1%} ({mfu_note})"),
+        ("compute", f"{p['flops']:.3g} FLOPs"),
+        ("chinchilla", f"{n(ch['params'])} params x {n(ch['tokens'])} tokens ({ch['tokens_per_param']:.0f} "
+                       f"tokens/param), fitted loss {ch['loss']:.3f}"),
+        ("  fitted optimum", f"{n(ch['fitted']['params'])} params x {n(ch['fitted']['tokens'])} tokens, "
+                             f"loss {ch['fitted']['loss']:.3f}"),
+        ("model", f"{p['model']} ({p['objective']}): {n(p['params'])} params, {n(p['flops_per_token'])}FLOPs/token "
+                  f"-> {n(p['tokens'])} tokens ({p['tokens_per_param']:.1f} tokens/param), fitted loss "
+                  f"{p['predicted_loss']:.3f}"),
+        ("recommended", f"--model {p['recommended_preset']}"),
+        ("time", f"{format_seconds(p['hours'] * 3600)} wall-clock, {p['gpu_hours']:.1f} device-hours"),
+        ("cost", f"${p['cost_usd']:,.2f}, {p['energy_kwh']:,.1f} kWh, {p['co2_kg']:,.1f} kg CO2e "
+                 f"(region {p['region']}, PUE {p['pue']})"),
+        ("hp search", f"{hs['runs']} runs: ${hs['cost_usd']:,.2f}, {hs['energy_kwh']:,.0f} kWh, "
+                      f"{hs['co2_kg']:,.1f} kg CO2e"),
+        ("memory GB/device", gb + ("" if mem["activations"] else " (model states only)")),
+        ("fits", f"{fit_text} on {hw['memory_gb']:.0f} GB"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def hardware_table() -> list[dict[str, Any]]:
+    """The catalogue as rows for `cramlm plan --list-hardware`."""
+    from cramlm.budget.hardware import DTYPES, catalogue
+
+    return [{"name": hw.name, "description": hw.description,
+             **{f"{d}_tflops": hw.peak_flops[d] / 1e12 if d in hw.peak_flops else None for d in DTYPES},
+             "memory_gb": hw.memory_gb, "bandwidth_gbs": hw.bandwidth_gbs, "tdp_watts": hw.tdp_watts,
+             "usd_per_hour": hw.usd_per_hour} for hw in catalogue().values()]
+
+
+def format_hardware_table(rows: list[dict[str, Any]]) -> str:
+    header = ["name", "fp32", "tf32", "bf16", "fp16", "fp8", "GB", "GB/s", "W", "$/h"]
+    lines = [header]
+    for r in rows:
+        peaks = [f"{r[f'{d}_tflops']:g}" if r[f"{d}_tflops"] else "-" for d in ("fp32", "tf32", "bf16", "fp16", "fp8")]
+        bw = f"{r['bandwidth_gbs']:g}" if r["bandwidth_gbs"] else "-"
+        lines.append([r["name"], *peaks, f"{r['memory_gb']:g}", bw, f"{r['tdp_watts']:g}", f"{r['usd_per_hour']:.2f}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+            for line in lines]
+    return "\n".join(text) + "\n(peak dense TFLOP/s per dtype; cpu: measured on this host; edit with CRAMLM_HARDWARE=file.yaml)"
