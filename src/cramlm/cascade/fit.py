@@ -12,7 +12,7 @@ import numpy as np
 
 from cramlm.cascade.calibrate import calibrate
 from cramlm.cascade.core import Cascade, Classifier, check_labels
-from cramlm.cascade.linear import LinearStage, Text
+from cramlm.cascade.linear import HashingParams, LinearStage, Text
 from cramlm.cascade.rules import RuleStage
 from cramlm.errors import CramlmError
 
@@ -47,12 +47,12 @@ def calibrate_cascade(stages: list[Classifier], dev_texts: Sequence[Text], dev_y
 
 def _warm_up(model: Classifier, texts: Sequence[Text]) -> None:
     """One small call first, so lazy initialisation does not count against the transformer's measured time."""
-    model.predict_proba(list(texts[:8]))
+    model.predict_proba(list(texts[:64]))
 
 
 def fit_cascade(ft_dir: str | Path, task_path: str | Path, out: str | Path, max_drop: float = 0.5,
                 rules_file: str | Path | None = None, linear: bool = True, max_train_examples: int | None = None,
-                log: Callable[[str], None] = lambda _: None) -> Cascade:
+                hashing: HashingParams = HashingParams(), log: Callable[[str], None] = lambda _: None) -> Cascade:
     """The CLI's fit: `task_path` is a GLUE task folder (e.g. data/glue/SST-2); read with eval.glue's readers."""
     from cramlm.cascade.transformer import load_transformer
     from cramlm.eval.glue import parse_tasks, read_split
@@ -74,7 +74,7 @@ def fit_cascade(ft_dir: str | Path, task_path: str | Path, out: str | Path, max_
     stages: list[Classifier] = [RuleStage.from_yaml(Path(rules_file), task.label_names)] if rules_file else []
     if linear:
         t0 = time.perf_counter()
-        stages.append(LinearStage.fit([_text(t) for t in train.texts], train.labels, task.label_names))
+        stages.append(LinearStage.fit([_text(t) for t in train.texts], train.labels, task.label_names, hashing))
         log(f"linear stage trained on {len(train)} {task.name} examples in {time.perf_counter() - t0:.1f} s")
     cascade = calibrate_cascade(stages, [_text(t) for t in dev.texts], dev.labels, task.label_names, transformer,
                                 max_drop, task.name, ref)
