@@ -1,13 +1,142 @@
-"""`cramlm eval`: downstream and language-modelling evaluations of a run dir or an exported HF dir."""
+"""`cramlm eval`: downstream and language-modelling evaluations of a run dir or an exported HF dir.
+
+Each subcommand writes `RUN_DIR/results/<name>.json` (one schema, see docs/eval.md), prints a table, or with
+`--json` the same result as JSON.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from cramlm.errors import CramlmError
 
-app = typer.Typer(help="Evaluate a trained model: GLUE, perplexity, LAMBADA, MLM loss.", no_args_is_help=True)
+app = typer.Typer(help="Evaluate a trained model: GLUE, perplexity, LAMBADA, MLM loss, fill-mask.",
+                  no_args_is_help=True)
+
+RUN_DIR = typer.Argument(..., help="A run dir (from `cramlm train`) or an exported HF dir.")
+JSON = typer.Option(False, "--json", help="Print the result as JSON (the content of results/<name>.json).")
+
+
+def _ints(text: Optional[str], option: str) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CramlmError(f"{option} {text!r} must be comma-separated integers, e.g. 0,1,2") from None
+
+
+def _show(result, as_json: bool, table: Table | None = None) -> None:
+    if as_json:
+        print(result.to_json())
+        return
+    if table is None:
+        table = Table(title=f"{result.name}: {result.model}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in {**result.metrics, **result.details}.items():
+            table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    console = Console()
+    console.print(table)
+    console.print(f"written: {Path(result.model) / 'results' / (result.name + '.json')} "
+                  f"({result.runtime_s:.0f}s)")
 
 
 @app.command("glue")
-def glue() -> None:
-    """Not available yet."""
-    raise CramlmError("cramlm eval glue is not available yet")
+def glue(
+    run_dir: Path = RUN_DIR,
+    glue_dir: Path = typer.Option(..., "--glue-dir", help="GLUE data: DIR/<TASK>/train.tsv, dev.tsv (the "
+                                  "download_glue_data.py layout) or DIR/<task>/<split>*.parquet (HF)."),
+    tasks: Optional[str] = typer.Option(None, "--tasks", help="Comma-separated tasks (cola, sst2, mrpc, stsb, "
+                                        "qqp, mnli, qnli, rte, wnli) or all. Default: eval.tasks of the run "
+                                        "config (all but WNLI)."),
+    max_train_examples: Optional[int] = typer.Option(None, "--max-train-examples", min=1, help="Fine-tune on "
+                                                     "the first N training examples of each task. Default: all."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated fine-tuning seeds; mean and std "
+                                        "are reported over them. Default: eval.seeds (0)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Fine-tuning epochs. Default: eval.epochs (5)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate. Default: eval.lr (4e-5)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Examples per step. Default: "
+                                             "eval.batch_size (16)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per task."),
+    as_json: bool = JSON,
+) -> None:
+    """Fine-tune on GLUE tasks under the Cramming protocol and score the dev sets."""
+    from cramlm.eval.glue import evaluate_glue, glue_table
+
+    result = evaluate_glue(run_dir, glue_dir, tasks, seeds=_ints(seeds, "--seeds"),
+                           max_train_examples=max_train_examples,
+                           overrides={"epochs": epochs, "lr": lr, "batch_size": batch_size},
+                           progress=progress and not as_json)
+    _show(result, as_json, glue_table(result))
+
+
+@app.command("ppl")
+def ppl(
+    run_dir: Path = RUN_DIR,
+    text: Path = typer.Option(..., "--text", help="UTF-8 text file to score (e.g. wikitext-2-raw/test.txt)."),
+    stride: Optional[int] = typer.Option(None, "--stride", min=1, help="Tokens each window advances (causal "
+                                         "models); smaller = more context per token, slower. Default: the window."),
+    window: Optional[int] = typer.Option(None, "--window", min=2, help="Tokens per window. Default and maximum: "
+                                         "model.max_seq_len."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Score only the first N tokens "
+                                             "(pseudo-perplexity of encoders costs one pass per token). Default: all."),
+    as_json: bool = JSON,
+) -> None:
+    """Perplexity per token and per word (sliding window); pseudo-perplexity for encoders."""
+    from cramlm.eval.lm import evaluate_ppl
+
+    _show(evaluate_ppl(run_dir, text, stride=stride, window=window, max_tokens=max_tokens), as_json)
+
+
+@app.command("lambada")
+def lambada(
+    run_dir: Path = RUN_DIR,
+    data: Path = typer.Option(..., "--data", help="lambada_test.jsonl ({\"text\": ...} per line) or a text file "
+                              "with one passage per line."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N passages. "
+                                        "Default: all."),
+    as_json: bool = JSON,
+) -> None:
+    """LAMBADA: last-word accuracy (greedy, whole word) and last-word perplexity."""
+    from cramlm.eval.lm import evaluate_lambada
+
+    _show(evaluate_lambada(run_dir, data, limit=limit), as_json)
+
+
+@app.command("fill-mask")
+def fill_mask(
+    run_dir: Path = RUN_DIR,
+    text: str = typer.Argument(..., help="Text with one or more [MASK], e.g. 'Paris is the [MASK] of France.'"),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="Predictions per mask. Default: 5."),
+) -> None:
+    """Top-k predictions of an encoder for each [MASK] in TEXT."""
+    from cramlm.eval.fill_mask import fill_mask as predict
+    from cramlm.eval.loading import load_pretrained
+
+    pre = load_pretrained(run_dir)
+    for i, options in enumerate(predict(pre.model, pre.tokenizer, text, top_k), start=1):
+        print(f"[MASK] {i}: " + "  ".join(f"{token} {p:.3f}" for token, p in options))
+
+
+@app.command("mlm")
+def mlm(
+    run_dir: Path = RUN_DIR,
+    text: Optional[Path] = typer.Option(None, "--text", help="UTF-8 text file, packed into rows of data.seq_len "
+                                        "tokens."),
+    data: Optional[Path] = typer.Option(None, "--data", help="A dataset dir from `cramlm prepare`: its val split, "
+                                        "with the unigram baseline on the same positions."),
+    mask_rate: Optional[float] = typer.Option(None, "--mask-rate", min=0.01, max=0.99, help="Fraction of tokens "
+                                              "masked and predicted. Default: train.mask_rate of the run."),
+    seed: int = typer.Option(0, "--seed", help="Masking seed: the same seed scores the same positions. Default: 0."),
+    as_json: bool = JSON,
+) -> None:
+    """Held-out masked-LM loss (next-token loss for causal models) on a text file or a dataset's val split."""
+    from cramlm.eval.lm import evaluate_mlm
+
+    _show(evaluate_mlm(run_dir, text_file=text, data_dir=data, mask_rate=mask_rate, seed=seed), as_json)

@@ -9,14 +9,36 @@ with split train, validation, validation_matched, validation_mismatched).
 from __future__ import annotations
 
 import csv
+import json
+import math
 import re
+import shutil
 import sys
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from tokenizers import Tokenizer
 
+from cramlm.config import RunConfig
+from cramlm.data.tokenizer import SPECIAL_TOKENS
 from cramlm.errors import CramlmError
+from cramlm.eval.loading import load_pretrained
+from cramlm.eval.metrics import METRICS
+from cramlm.eval.results import Result
+from cramlm.models.encoder import EncoderForSequenceClassification
+from cramlm.train.checkpoint import save_weights
+from cramlm.train.optim import param_groups
+from cramlm.train.schedules import lr_factor
+
+PAD, CLS, SEP = (SPECIAL_TOKENS.index(t) for t in ("[PAD]", "[CLS]", "[SEP]"))
 
 
 @dataclass(frozen=True)
@@ -177,3 +199,223 @@ def _concat(tables: list):
     import pyarrow as pa
 
     return pa.concat_tables(tables)
+
+
+# ---------------------------------------------------------------- tokenization and batching
+
+
+def encode(tokenizer: Tokenizer, split: Split, max_len: int) -> list[list[int]]:
+    """`[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`, the longer text truncated first to fit `max_len`."""
+    columns = [[e.ids for e in tokenizer.encode_batch(list(col), add_special_tokens=False)] for col in zip(*split.texts)]
+    out = []
+    for parts in zip(*columns):
+        budget = max_len - 1 - len(parts)
+        if len(parts) == 1:
+            out.append([CLS, *parts[0][:budget], SEP])
+            continue
+        a, b = parts
+        if len(a) + len(b) > budget:
+            short = min(len(a), len(b), budget // 2)
+            keep_a, keep_b = (budget - short, short) if len(a) >= len(b) else (short, budget - short)
+            a, b = a[:keep_a], b[:keep_b]
+        out.append([CLS, *a, SEP, *b, SEP])
+    return out
+
+
+def length_sorted_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None = None,
+                          chunk: int = 50) -> list[np.ndarray]:
+    """Batches of similar length, so dynamic padding pads little. Without `rng` (evaluation) all examples are
+    sorted; with it (training) they are shuffled, sorted within chunks of `chunk` batches, and the batch order is
+    shuffled: the order stays random while the padding stays small."""
+    if rng is None:
+        order = np.argsort(lengths, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    order = rng.permutation(len(lengths))
+    batches = []
+    for start in range(0, len(order), chunk * batch_size):
+        part = order[start:start + chunk * batch_size]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def collate(ids: list[list[int]], index: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad the chosen examples to the longest of them: (input_ids, attention_mask with True = token)."""
+    rows = [ids[i] for i in index]
+    width = max(map(len, rows))
+    batch = torch.full((len(rows), width), PAD, dtype=torch.long)
+    for r, row in enumerate(rows):
+        batch[r, :len(row)] = torch.tensor(row)
+    return batch.to(device), (batch != PAD).to(device)
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+@torch.no_grad()
+def predict(model: EncoderForSequenceClassification, ids: list[list[int]], batch_size: int,
+            device: torch.device) -> np.ndarray:
+    """Class ids (argmax), or scores for regression, in the order of `ids`."""
+    model.eval()
+    out = np.zeros(len(ids), dtype=np.float32 if model.num_labels == 1 else np.int64)
+    for index in length_sorted_batches(np.array([len(x) for x in ids]), batch_size):
+        with _autocast(device):
+            logits = model(*collate(ids, index, device)).logits.float()
+        out[index] = (logits[:, 0] if model.num_labels == 1 else logits.argmax(-1)).cpu().numpy()
+    return out
+
+
+def score(task: Task, pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {name: METRICS[name](pred, labels) for name in task.metrics}
+
+
+def finetune(encoder_state: dict[str, torch.Tensor], cfg: RunConfig, task: Task, train_ids: list[list[int]],
+             train_labels: np.ndarray, seed: int, device: torch.device,
+             progress: Progress | None = None) -> EncoderForSequenceClassification:
+    """Fine-tune a fresh classifier on the pretrained encoder with `cfg.eval`: AdamW, linear warm-up, then the
+    schedule down to 0 over `epochs` passes (a fractional last epoch is allowed)."""
+    ev = cfg.eval
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = EncoderForSequenceClassification(cfg.model.model_copy(update={"dropout": ev.dropout}), task.num_labels)
+    model.encoder.load_state_dict(encoder_state)
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(param_groups(model, ev.weight_decay), lr=ev.lr)
+    lengths = np.array([len(x) for x in train_ids])
+    per_epoch = math.ceil(len(train_ids) / ev.batch_size)
+    total = max(1, math.ceil(ev.epochs * per_epoch))
+    labels = torch.as_tensor(train_labels)
+    bar = progress.add_task(f"{task.name} seed {seed}", total=total, loss=float("nan")) if progress else None
+    step, batches = 0, []
+    while step < total:
+        if not batches:
+            batches = length_sorted_batches(lengths, ev.batch_size, rng)
+        index = batches.pop()
+        for group in optimizer.param_groups:
+            group["lr"] = ev.lr * lr_factor(step / total, ev.schedule, warmup=ev.warmup)
+        input_ids, mask = collate(train_ids, index, device)
+        target = labels[index].to(device)
+        with _autocast(device):
+            logits = model(input_ids, mask).logits.float()
+        loss = F.mse_loss(logits[:, 0], target) if task.num_labels == 1 else F.cross_entropy(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if progress is not None and (step % 10 == 0 or step == total):
+            progress.update(bar, completed=step, loss=loss.item())
+    if progress is not None:
+        progress.remove_task(bar)
+    return model.eval()
+
+
+# ---------------------------------------------------------------- the protocol
+
+
+def evaluate_glue(
+    model_dir: str | Path,
+    glue_dir: str | Path,
+    tasks: str | list[str] | None = None,
+    *,
+    seeds: list[int] | None = None,
+    max_train_examples: int | None = None,
+    overrides: dict | None = None,
+    progress: bool = True,
+    console: Console | None = None,
+) -> Result:
+    """Fine-tune and score each task for each seed; write `results/glue.json` and `finetuned/<task>/` (the best
+    seed's classifier with its config, label names and tokenizer, ready to serve). `overrides` update `cfg.eval`."""
+    start = time.time()
+    pre = load_pretrained(model_dir)
+    if pre.cfg.model.arch != "encoder":
+        raise CramlmError(f"GLUE fine-tuning needs an encoder; {model_dir} holds a {pre.cfg.model.arch}")
+    ev = pre.cfg.eval.model_copy(update={k: v for k, v in (overrides or {}).items() if v is not None})
+    if seeds is not None:
+        ev = ev.model_copy(update={"seeds": list(seeds)})
+    if max_train_examples is not None:
+        ev = ev.model_copy(update={"max_train_examples": max_train_examples})
+    cfg = pre.cfg.model_copy(update={"eval": ev})
+    task_list = parse_tasks(tasks if tasks is not None else ev.tasks)
+    device = pick_device(pre.cfg.train.device)
+    max_len = min(ev.max_seq_len, pre.cfg.model.max_seq_len)
+    encoder_state = {k: v.detach().clone() for k, v in pre.model.state_dict().items()}
+    console = console or Console(stderr=True)
+
+    details, metrics = {}, {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(),
+                  console=console, disable=not progress, transient=True) as bars:
+        for task in task_list:
+            t0 = time.time()
+            train = read_split(glue_dir, task, "train").head(ev.max_train_examples)
+            devs = {suffix: read_split(glue_dir, task, stem) for suffix, stem, _ in task.dev}
+            train_ids = encode(pre.tokenizer, train, max_len)
+            dev_ids = {s: encode(pre.tokenizer, d, max_len) for s, d in devs.items()}
+            runs: dict[str, list[dict[str, float]]] = {s: [] for s in devs}
+            best = None
+            for seed in ev.seeds:
+                model = finetune(encoder_state, cfg, task, train_ids, train.labels, seed, device, bars)
+                for s, d in devs.items():
+                    runs[s].append(score(task, predict(model, dev_ids[s], 128, device), d.labels))
+                first = runs[next(iter(devs))][-1][task.main]
+                if best is None or first > best[0]:
+                    best = (first, seed, model)
+            _save_finetuned(pre, cfg, task, best[2], best[1], {s: r[ev.seeds.index(best[1])] for s, r in runs.items()})
+            for s, d in devs.items():
+                entry = f"{task.name}-{s}" if s else task.name
+                summary = {m: _stats([r[m] for r in runs[s]]) for m in task.metrics}
+                details[entry] = {"task": task.name, "main": task.main, "metrics": summary,
+                                  "train_examples": len(train), "dev_examples": len(d), "seconds": time.time() - t0}
+                metrics[entry] = 100 * summary[task.main]["mean"]
+            console.log(f"{task.name}: " + ", ".join(f"{e} {metrics[e]:.1f}" for e in details if e.startswith(task.name)))
+    averaged = [e for e in metrics if details[e]["task"] not in AVERAGE_EXCLUDES]
+    if averaged:
+        metrics = {"glue": float(np.mean([metrics[e] for e in averaged])), **metrics}
+    settings = {"glue_dir": str(glue_dir), "tasks": [t.name for t in task_list], "averaged": averaged,
+                "max_seq_len": max_len, "device": str(device), **ev.model_dump(mode="json")}
+    result = Result("glue", str(model_dir), metrics, details, settings, time.time() - start)
+    result.write(model_dir)
+    return result
+
+
+def _stats(values: list[float]) -> dict:
+    """Mean and (population) standard deviation over seeds, with the values themselves."""
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": [float(v) for v in values]}
+
+
+def _save_finetuned(pre, cfg: RunConfig, task: Task, model: EncoderForSequenceClassification, seed: int,
+                    dev_scores: dict) -> Path:
+    """`finetuned/<task>/`: weights, config, tokenizer and task.json (labels, seed, dev scores): servable alone."""
+    out = Path(pre.path) / "finetuned" / task.name
+    out.mkdir(parents=True, exist_ok=True)
+    save_weights(model.cpu().state_dict(), out / "model.safetensors")
+    cfg.model_copy(update={"model": model.cfg}).save(out / "config.yaml")
+    shutil.copyfile(Path(pre.path) / "tokenizer.json", out / "tokenizer.json")
+    info = {"task": task.name, "num_labels": task.num_labels, "label_names": list(task.label_names),
+            "seed": seed, "max_seq_len": min(cfg.eval.max_seq_len, model.cfg.max_seq_len), "dev": dev_scores}
+    (out / "task.json").write_text(json.dumps(info, indent=2) + "\n")
+    return out
+
+
+def glue_table(result: Result) -> Table:
+    """The results as a rich table: one row per dev set, mean ± std over seeds, then the GLUE average."""
+    table = Table(title=f"GLUE dev ({len(result.settings.get('seeds', []))} seed(s))")
+    for col in ("task", "metric", "score", "all metrics", "train", "dev"):
+        table.add_column(col, justify="left" if col in ("task", "metric", "all metrics") else "right")
+    for entry, d in result.details.items():
+        main = d["metrics"][d["main"]]
+        others = ", ".join(f"{m} {100 * v['mean']:.1f}" for m, v in d["metrics"].items())
+        table.add_row(entry, d["main"], f"{100 * main['mean']:.1f} ± {100 * main['std']:.1f}", others,
+                      str(d["train_examples"]), str(d["dev_examples"]))
+    if "glue" in result.metrics:
+        table.add_row("GLUE", "average", f"{result.metrics['glue']:.1f}", f"over {', '.join(result.settings['averaged'])}",
+                      "", "", style="bold")
+    return table

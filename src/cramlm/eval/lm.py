@@ -1,0 +1,326 @@
+"""Language-modelling evaluations: sliding-window perplexity (causal), pseudo-perplexity (encoders), LAMBADA.
+
+Conventions, so numbers sit beside published ones:
+- Text is scored as one stream that starts with `[SEP]` (cramlm's end-of-text token), so the first word is
+  predicted too. Windows of `max_seq_len` tokens advance by `stride`; each token is scored once, with at least
+  `window - stride` tokens of context (except in the first window).
+- Per-word perplexity is exp(total NLL / words), words counted by whitespace in the original text (WikiText
+  convention: comparable across tokenizers); per-token perplexity divides by our token count instead.
+- LAMBADA: the target is the last whitespace-separated word; a prediction counts only when every one of its tokens
+  is the greedy (argmax) choice; its perplexity is exp(-mean log P(whole word | context)).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import nn
+
+from cramlm.data.tokenizer import SPECIAL_TOKENS
+from cramlm.errors import CramlmError
+from cramlm.eval.loading import load_pretrained
+from cramlm.eval.results import Result
+
+PAD, CLS, SEP, MASK = (SPECIAL_TOKENS.index(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]"))
+
+
+def read_text(path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise CramlmError(f"text file {path} does not exist")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.split():
+        raise CramlmError(f"text file {path} is empty")
+    return text
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _perplexity(nll: float, count: int) -> float:
+    return math.exp(nll / count) if count else float("nan")
+
+
+# ---------------------------------------------------------------- causal: sliding window
+
+
+def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first scored position) of each window over a stream of `n_tokens` (position 0 is the
+    `[SEP]` prefix and is never scored). Every position 1..n-1 is scored exactly once."""
+    if not 0 < stride <= window:
+        raise CramlmError(f"stride must be between 1 and the window ({window} tokens), got {stride}")
+    out, prev_end, begin = [], 1, 0
+    while prev_end < n_tokens:
+        end = min(begin + window, n_tokens)
+        out.append((begin, end, prev_end))
+        prev_end, begin = end, begin + stride
+    return out
+
+
+@torch.no_grad()
+def sliding_nll(model: nn.Module, ids: list[int], window: int, stride: int,
+                batch_size: int = 8) -> tuple[float, int]:
+    """Summed negative log-likelihood (nats) of `ids[1:]` under a causal model, and the number of tokens scored."""
+    device = _device(model)
+    spans = windows(len(ids), window, stride)
+    stream = torch.tensor(ids, dtype=torch.long)
+    total, count = 0.0, 0
+    for i in range(0, len(spans), batch_size):
+        group = spans[i:i + batch_size]
+        width = max(end - begin for begin, end, _ in group)
+        batch = torch.full((len(group), width), PAD, dtype=torch.long)
+        targets = torch.full((len(group), width), -100, dtype=torch.long)
+        for r, (begin, end, first) in enumerate(group):
+            batch[r, :end - begin] = stream[begin:end]
+            # logits at relative position t predict the token at t + 1
+            targets[r, first - begin - 1:end - begin - 1] = stream[first:end]
+        logits = model(batch.to(device)).logits.float()
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten(), ignore_index=-100, reduction="sum")
+        total += loss.item()
+        count += int((targets != -100).sum())
+    return total, count
+
+
+# ---------------------------------------------------------------- encoders: pseudo-log-likelihood
+
+
+@torch.no_grad()
+def pseudo_nll(model: nn.Module, ids: list[int], window: int, batch_size: int = 64) -> tuple[float, int]:
+    """Pseudo-log-likelihood (Salazar et al. 2020): each token masked in turn and predicted from both sides,
+    within consecutive chunks `[CLS] chunk [SEP]` of `window` tokens. Returns (summed NLL, tokens scored)."""
+    device = _device(model)
+    chunk = window - 2
+    rows, positions, answers = [], [], []
+    for start in range(0, len(ids), chunk):
+        piece = [CLS, *ids[start:start + chunk], SEP]
+        for t in range(1, len(piece) - 1):
+            masked = list(piece)
+            masked[t] = MASK
+            rows.append(masked)
+            positions.append(t)
+            answers.append(piece[t])
+    total = 0.0
+    for i in range(0, len(rows), batch_size):
+        part = rows[i:i + batch_size]
+        width = max(map(len, part))
+        batch = torch.full((len(part), width), PAD, dtype=torch.long)
+        for r, row in enumerate(part):
+            batch[r, :len(row)] = torch.tensor(row)
+        where = torch.tensor(positions[i:i + batch_size])[:, None]
+        out = model(batch.to(device), attention_mask=(batch != PAD).to(device), mask_positions=where.to(device))
+        logits = _at_positions(out.logits, where.to(device))
+        total += F.cross_entropy(logits.float(), torch.tensor(answers[i:i + batch_size], device=device),
+                                 reduction="sum").item()
+    return total, len(rows)
+
+
+def _at_positions(logits: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """(B, V) logits at one position per row, whether the head returned (B, k, V) or (B, L, V)."""
+    if logits.shape[1] == where.shape[1]:
+        return logits[:, 0]
+    return logits.gather(1, where[..., None].expand(-1, -1, logits.shape[-1]))[:, 0]
+
+
+def perplexity(model: nn.Module, tokenizer: Tokenizer, text: str, *, window: int, stride: int | None = None,
+               max_tokens: int | None = None, batch_tokens: int = 8192) -> dict:
+    """Perplexity of `text`: sliding-window for a causal model, pseudo-perplexity for an encoder.
+    `max_tokens` scores only the first tokens (per-word perplexity is then left out: the word count is unknown);
+    `batch_tokens` bounds the tokens per forward pass (memory)."""
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    truncated = max_tokens is not None and len(ids) > max_tokens
+    ids = ids[:max_tokens] if truncated else ids
+    if not ids:
+        raise CramlmError("the text holds no tokens")
+    causal = model.cfg.arch == "decoder"
+    if causal:
+        stride = stride or window
+        nll, count = sliding_nll(model, [SEP, *ids], window, stride, max(1, batch_tokens // window))
+    else:
+        nll, count = pseudo_nll(model, ids, window, max(1, batch_tokens // window))
+    words = None if truncated else count_words(text)
+    return {
+        "kind": "perplexity" if causal else "pseudo-perplexity",
+        "nll": nll, "tokens": count, "words": words,
+        "token_ppl": _perplexity(nll, count),
+        "word_ppl": _perplexity(nll, words) if words else None,
+        "bits_per_token": nll / count / math.log(2),
+        "window": window, "stride": stride if causal else None,
+    }
+
+
+# ---------------------------------------------------------------- LAMBADA
+
+
+def read_lambada(path: str | Path) -> list[str]:
+    """Passages from `lambada_test.jsonl` ({"text": ...} per line) or a text file with one passage per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CramlmError(f"LAMBADA file {path} does not exist")
+    passages = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.suffix in (".jsonl", ".json"):
+            try:
+                line = json.loads(line)["text"]
+            except (ValueError, KeyError, TypeError):
+                raise CramlmError(f"{path}:{n}: expected a JSON object with a 'text' field") from None
+        if len(line.split()) < 2:
+            raise CramlmError(f"{path}:{n}: a passage needs a context and a last word")
+        passages.append(line)
+    if not passages:
+        raise CramlmError(f"LAMBADA file {path} holds no passages")
+    return passages
+
+
+def split_last_word(tokenizer: Tokenizer, passage: str) -> tuple[list[int], list[int]]:
+    """(context ids, last-word ids): the word's tokens are those the whole passage adds to the context's."""
+    context, word = passage.rstrip().rsplit(maxsplit=1)
+    ctx = tokenizer.encode(context, add_special_tokens=False).ids
+    full = tokenizer.encode(f"{context} {word}", add_special_tokens=False).ids
+    if full[:len(ctx)] == ctx and len(full) > len(ctx):
+        return ctx, full[len(ctx):]
+    return ctx, tokenizer.encode(word, add_special_tokens=False).ids
+
+
+@torch.no_grad()
+def lambada(model: nn.Module, tokenizer: Tokenizer, passages: list[str], *, window: int,
+            batch_size: int = 16) -> dict:
+    """Last-word accuracy (greedy, whole word) and last-word perplexity. A causal model reads `[SEP] context`
+    and is teacher-forced through the word; an encoder sees `[CLS] context [MASK]*k [SEP]`, k = the word's length."""
+    device = _device(model)
+    causal = model.cfg.arch == "decoder"
+    rows, targets = [], []
+    for passage in passages:
+        ctx, word = split_last_word(tokenizer, passage)
+        if causal:
+            seq = [SEP, *ctx, *word][-window:]
+            first = len(seq) - len(word)  # logits at first-1 .. predict the word
+        else:
+            seq = [CLS, *ctx[-(window - 2 - len(word)):], *[MASK] * len(word), SEP]
+            first = len(seq) - 1 - len(word)
+        rows.append(seq)
+        targets.append((first, word))
+    correct, logprobs = np.zeros(len(rows), dtype=bool), np.zeros(len(rows))
+    order = np.argsort([len(r) for r in rows], kind="stable")
+    for i in range(0, len(order), batch_size):
+        index = order[i:i + batch_size]
+        width = max(len(rows[j]) for j in index)
+        batch = torch.full((len(index), width), PAD, dtype=torch.long)
+        for r, j in enumerate(index):
+            batch[r, :len(rows[j])] = torch.tensor(rows[j])
+        mask = None if causal else (batch != PAD).to(device)
+        logits = model(batch.to(device), attention_mask=mask).logits
+        for r, j in enumerate(index):
+            first, word = targets[j]
+            at = torch.arange(first, first + len(word), device=device) - (1 if causal else 0)
+            rows_logp = logits[r, at].float().log_softmax(-1).cpu()
+            word_t = torch.tensor(word)
+            correct[j] = bool((rows_logp.argmax(-1) == word_t).all())
+            logprobs[j] = float(rows_logp.gather(1, word_t[:, None]).sum())
+    return {
+        "kind": "causal" if causal else "masked",
+        "examples": len(rows),
+        "accuracy": float(correct.mean()),
+        "ppl": float(math.exp(-logprobs.mean())),
+        "mean_word_tokens": float(np.mean([len(w) for _, w in targets])),
+    }
+
+
+# ---------------------------------------------------------------- run-dir entry points (results/*.json)
+
+
+def evaluate_ppl(model_dir: str | Path, text_file: str | Path, *, stride: int | None = None,
+                 window: int | None = None, max_tokens: int | None = None) -> Result:
+    """Perplexity of a run dir's model on a text file; writes `results/ppl.json`."""
+    start = time.time()
+    pre = load_pretrained(model_dir)
+    window = min(window or pre.cfg.model.max_seq_len, pre.cfg.model.max_seq_len)
+    out = perplexity(pre.model, pre.tokenizer, read_text(text_file), window=window, stride=stride,
+                     max_tokens=max_tokens)
+    metrics = {k: out[k] for k in ("token_ppl", "word_ppl", "bits_per_token") if out[k] is not None}
+    settings = {"text": str(text_file), "window": window, "stride": out["stride"], "max_tokens": max_tokens,
+                "kind": out["kind"]}
+    result = Result("ppl", str(model_dir), metrics, {k: out[k] for k in ("nll", "tokens", "words")}, settings,
+                    time.time() - start)
+    result.write(model_dir)
+    return result
+
+
+def evaluate_lambada(model_dir: str | Path, data_file: str | Path, *, limit: int | None = None) -> Result:
+    """LAMBADA last-word accuracy and perplexity of a run dir's model; writes `results/lambada.json`."""
+    start = time.time()
+    pre = load_pretrained(model_dir)
+    passages = read_lambada(data_file)[:limit]
+    out = lambada(pre.model, pre.tokenizer, passages, window=pre.cfg.model.max_seq_len)
+    result = Result("lambada", str(model_dir), {"accuracy": out["accuracy"], "ppl": out["ppl"]},
+                    {k: out[k] for k in ("examples", "mean_word_tokens")},
+                    {"data": str(data_file), "limit": limit, "kind": out["kind"]}, time.time() - start)
+    result.write(model_dir)
+    return result
+
+
+class TextSequences:
+    """A text file packed into `(n, seq_len)` token rows, read by `heldout_loss` as a dataset's `val` split."""
+
+    def __init__(self, tokenizer_path: Path, text: str, seq_len: int, vocab_size: int):
+        from cramlm.data.tokenizer import load_tokenizer
+
+        ids = load_tokenizer(tokenizer_path).encode(text, add_special_tokens=False).ids
+        n = len(ids) // seq_len
+        if n == 0:
+            raise CramlmError(f"the text has {len(ids)} tokens: fewer than one sequence of {seq_len}")
+        self.root, self.tokenizer_path = tokenizer_path.parent, tokenizer_path
+        self.seq_len, self.vocab_size = seq_len, vocab_size
+        self.manifest = {"order": "none"}
+        self._rows = np.asarray(ids[: n * seq_len], dtype=np.int64).reshape(n, seq_len)
+
+    def sequences(self, split: str = "val") -> np.ndarray:
+        return self._rows
+
+
+def evaluate_mlm(model_dir: str | Path, *, text_file: str | Path | None = None, data_dir: str | Path | None = None,
+                 mask_rate: float | None = None, batch_size: int = 32, seed: int = 0) -> Result:
+    """Held-out loss of a run dir's model on a text file (packed into rows of `data.seq_len` tokens) or on a
+    dataset dir's `val` split (with the unigram baseline on the same positions); writes `results/mlm.json`.
+    Masked positions depend only on `seed`, so runs compare on the very same tokens. Causal models get their
+    next-token loss."""
+    from cramlm.eval.heldout import heldout_loss, unigram_loss
+
+    if (text_file is None) == (data_dir is None):
+        raise CramlmError("give either a text file or a dataset dir to compute the held-out loss on")
+    start = time.time()
+    pre = load_pretrained(model_dir)
+    objective = "mlm" if pre.cfg.model.arch == "encoder" else "causal"
+    mask_rate = mask_rate or pre.cfg.train.mask_rate
+    if data_dir is not None:
+        from cramlm.data.store import Dataset
+
+        dataset = Dataset(data_dir)
+    else:
+        seq_len = min(pre.cfg.data.seq_len, pre.cfg.model.max_seq_len)
+        dataset = TextSequences(pre.path / "tokenizer.json", read_text(text_file), seq_len, pre.cfg.model.vocab_size)
+    n_val = len(dataset.sequences("val"))
+    n_batches = max(1, math.ceil(n_val / batch_size))
+    args = dict(objective=objective, mask_rate=mask_rate, n_batches=n_batches, batch_size=batch_size, seed=seed)
+    loss = heldout_loss(pre.model, dataset, **args)
+    metrics = {"loss": loss, "ppl": math.exp(loss)}
+    if data_dir is not None:
+        metrics["unigram_loss"] = unigram_loss(dataset, **args)
+    settings = {"text": str(text_file) if text_file else None, "data": str(data_dir) if data_dir else None,
+                **args, "seq_len": dataset.seq_len}
+    result = Result("mlm", str(model_dir), metrics, {"sequences": n_val}, settings, time.time() - start)
+    result.write(model_dir)
+    return result
