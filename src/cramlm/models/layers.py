@@ -111,15 +111,16 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x: Tensor, mask: Tensor | None, causal: bool, rope: tuple[Tensor, Tensor] | None) -> Tensor:
-        B, L, D = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        B, L, _ = x.shape
+        # widths come from the projection, not from x: under tensor parallelism a rank holds n_heads / tp heads
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
             is_causal=causal and mask is None,
         )
-        return self.out(y.transpose(1, 2).reshape(B, L, D))
+        return self.out(y.transpose(1, 2).reshape(B, L, -1))
 
 
 def ffn_hidden(cfg: ModelConfig) -> int:

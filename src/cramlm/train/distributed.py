@@ -235,7 +235,7 @@ class Distributed:
         """Sharded save: every rank writes its own shards of the model and optimizer into `path` (a directory)."""
         state = _state(model, optimizer)
         _gather_strided(state)
-        dcp.save(state, checkpoint_id=Path(path))
+        dcp.save(state, checkpoint_id=Path(path), no_dist=self.world_size == 1)
 
     def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Load a `save` directory written by any world size and strategy into this rank's shards."""
@@ -244,7 +244,7 @@ class Distributed:
             raise CramlmError(f"{path} is not a distributed checkpoint (no .metadata)")
         state = _state(model, optimizer)
         strided = _gather_strided(state)
-        dcp.load(state, checkpoint_id=path)
+        dcp.load(state, checkpoint_id=path, no_dist=self.world_size == 1)
         for (part, key), like in strided.items():
             state[part][key] = distribute_tensor(state[part][key], like.device_mesh, like.placements)
         set_model_state_dict(_unwrap(model), state["model"])
@@ -319,6 +319,13 @@ class FusedColwise(ColwiseParallel):
             sharded = nn.Parameter(distribute_tensor(param, device_mesh, [placement]),
                                    requires_grad=param.requires_grad)
             module.register_parameter(pname, sharded)
+
+    @staticmethod
+    def _prepare_output_fn(output_layouts: Any, use_local_output: bool, mod: nn.Module, outputs: DTensor,
+                           device_mesh: DeviceMesh) -> Any:
+        """Keep the strided layout the matmul produced (each rank's own parts); the default would redistribute
+        it to a contiguous split, which mixes q with k."""
+        return outputs.to_local() if use_local_output else outputs
 
 
 # ---------------------------------------------------------------------- state dicts

@@ -1,0 +1,187 @@
+"""Two gloo processes on the CPU must train exactly like one process (ddp, zero1, fsdp ZeRO-2/3, tp), their
+checkpoints must resume at another world size, and a wall-clock budget must stop both ranks at the same step.
+
+One torchrun launch does every check (each launch costs seconds of imports); this file is also the worker script
+that launch runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cramlm.config import ModelConfig, TrainConfig
+from cramlm.models.registry import build_model
+from cramlm.train.budget import Budget
+from cramlm.train.distributed import Distributed, clip_gradients, resolve_strategy
+from cramlm.units import parse_quantity
+
+STEPS = 5
+GLOBAL_BATCH = 4  # sequences per optimizer step, split over the ranks
+MICRO = 1  # sequences per forward: two micro-batches per rank exercise accumulation without sync
+SEQ, MASKED, VOCAB = 16, 4, 64
+# name -> (strategy, fsdp.reshard_after_forward)
+RUNS = {"ddp": ("ddp", True), "zero1": ("zero1", True), "zero3": ("fsdp", True), "zero2": ("fsdp", False),
+        "tp": ("tp", True)}
+
+
+def model_config() -> ModelConfig:
+    return ModelConfig(n_layers=2, d_model=32, n_heads=4, d_ff=48, vocab_size=VOCAB, max_seq_len=SEQ, ffn="geglu")
+
+
+def train_config(strategy: str = "single", reshard: bool = True) -> TrainConfig:
+    return TrainConfig(lr=1e-2, eps=1e-8, weight_decay=0.01, grad_clip=0.5, device="cpu", strategy=strategy,
+                       fsdp={"reshard_after_forward": reshard, "mixed_precision": False})
+
+
+def batches(n_steps: int, first: int = 0) -> list[dict[str, torch.Tensor]]:
+    """MLM global batches of optimizer steps first..first+n_steps-1, the same in every process."""
+    out = []
+    for step in range(first, first + n_steps):
+        g = torch.Generator().manual_seed(1000 + step)
+        ids = torch.randint(5, VOCAB, (GLOBAL_BATCH, SEQ), generator=g)
+        pos = torch.stack([torch.randperm(SEQ, generator=g)[:MASKED].sort().values for _ in range(GLOBAL_BATCH)])
+        labels = torch.full_like(ids, -100)
+        labels.scatter_(1, pos, ids.gather(1, pos))
+        out.append({"input_ids": ids.scatter(1, pos, 4), "labels": labels, "mask_positions": pos})
+    return out
+
+
+def fresh(d: Distributed, cfg: TrainConfig) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = d.wrap(build_model(model_config()))
+    return model, d.optimizer(model, cfg)
+
+
+def train(d: Distributed, model, opt, steps: list[dict[str, torch.Tensor]]) -> None:
+    """The trainer's inner loop: this rank's share of each global batch in micro-batches, one optimizer step."""
+    per_rank = GLOBAL_BATCH // d.dp_size
+    for batch in steps:
+        mine = {k: v[d.dp_rank * per_rank:(d.dp_rank + 1) * per_rank] for k, v in batch.items()}
+        n = per_rank // MICRO
+        for i in range(n):
+            micro = {k: v[i * MICRO:(i + 1) * MICRO] for k, v in mine.items()}
+            with d.accumulating(model, last=i == n - 1):
+                (model(**micro).loss / n).backward()
+        clip_gradients(model, 0.5)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+# ---------------------------------------------------------------------- the worker (runs under torchrun)
+
+
+def worker(out: Path) -> None:
+    torch.set_num_threads(1)
+    rank = int(os.environ["RANK"])
+    for name, (strategy, reshard) in RUNS.items():
+        cfg = train_config(strategy, reshard)
+        d = Distributed.from_env(cfg)
+        assert d.world_size == 2 and d.strategy == strategy
+        model, opt = fresh(d, cfg)
+        train(d, model, opt, batches(STEPS))
+        full = d.full_state_dict(model)
+        if d.is_main:
+            torch.save(full, out / f"{name}.pt")
+        d.save(out / f"ckpt-{name}", model, opt)
+        # resume what one process saved after STEPS steps and take the next two steps here
+        model, opt = fresh(d, cfg)
+        d.load(out / "ckpt-single", model, opt)
+        train(d, model, opt, batches(2, first=STEPS))
+        full = d.full_state_dict(model)
+        if d.is_main:
+            torch.save(full, out / f"resumed-{name}.pt")
+    # budget: rank 1's clock runs an hour ahead, so alone it would stop at once; rank 0 decides for both
+    cfg = train_config("ddp")
+    d = Distributed.from_env(cfg)
+    model, opt = fresh(d, cfg)
+    offset = 3600.0 if rank == 1 else 0.0
+    budget = Budget(parse_quantity("0.3s"), clock=lambda: time.monotonic() + offset)
+    budget.start()
+    steps = 0
+    while True:
+        train(d, model, opt, batches(1, first=steps))
+        steps += 1
+        budget.add(steps=1)
+        local = budget.exhausted
+        (stop,) = d.agree(local)
+        if stop:
+            break
+    (out / f"budget-{rank}.json").write_text(json.dumps({"steps": steps, "local_exhausted_at_stop": local}))
+    d.close()
+
+
+# ---------------------------------------------------------------------- the test (runs in pytest)
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def test_two_ranks_match_one_resume_across_world_sizes_and_agree_on_the_budget(tmp_path):
+    single = Distributed()
+    cfg = train_config()
+    model, opt = fresh(single, cfg)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    train(single, model, opt, batches(STEPS))
+    single.save(tmp_path / "ckpt-single", model, opt)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    train(single, model, opt, batches(2, first=STEPS))
+    reference_resumed = model.state_dict()
+    assert max_diff(init, reference) > 1e-2  # training moved the weights: equality below is not trivial
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           __file__, str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    for name in RUNS:
+        got = torch.load(tmp_path / f"{name}.pt", weights_only=True)
+        assert max_diff(got, reference) < 5e-5, name
+        resumed = torch.load(tmp_path / f"resumed-{name}.pt", weights_only=True)
+        assert max_diff(resumed, reference_resumed) < 5e-5, f"1 rank -> 2 ranks, {name}"
+        # and back: the 2-rank checkpoint continues in one process
+        model, opt = fresh(single, cfg)
+        single.load(tmp_path / f"ckpt-{name}", model, opt)
+        assert max_diff(model.state_dict(), reference) < 5e-5, name
+        train(single, model, opt, batches(2, first=STEPS))
+        assert max_diff(model.state_dict(), reference_resumed) < 5e-5, f"2 ranks -> 1 rank, {name}"
+
+    budget = [json.loads((tmp_path / f"budget-{r}.json").read_text()) for r in (0, 1)]
+    assert budget[0]["steps"] == budget[1]["steps"] > 1
+    assert budget[0]["local_exhausted_at_stop"]
+
+
+def test_strategy_resolution():
+    assert resolve_strategy("fsdp", 1, 1) == "single"
+    assert resolve_strategy("auto", 4, 1) == "ddp"
+    assert resolve_strategy("auto", 4, 2) == "fsdp+tp"
+    assert resolve_strategy("auto", 2, 2) == "tp"
+    from cramlm.errors import CramlmError
+
+    with pytest.raises(CramlmError, match="tp_size"):
+        resolve_strategy("fsdp+tp", 4, 3)
+    with pytest.raises(CramlmError, match="deepspeed"):
+        resolve_strategy("deepspeed", 2, 1)
+
+
+def test_single_process_without_torchrun(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    d = Distributed.from_env(train_config("fsdp"))
+    assert (d.world_size, d.strategy, d.is_main, d.dp_size) == (1, "single", True, 1)
+    assert d.agree(True, False) == (True, False)
+
+
+if __name__ == "__main__":
+
+    worker(Path(sys.argv[1]))
