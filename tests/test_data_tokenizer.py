@@ -43,3 +43,12 @@ def test_foreign_tokenizer_without_our_special_tokens_is_rejected(tmp_path):
 def test_unknown_kind():
     with pytest.raises(CramlmError, match="unknown tokenizer"):
         train_tokenizer(TEXTS, "sentencepiece", 100)
+
+
+def test_bpe_training_is_deterministic(tmp_path):
+    from cramlm.data.tokenizer import save_tokenizer
+
+    texts = [f"{t} {w}ing {w}ed un{w}" for t, w in zip(TEXTS, WORDS * 5)]
+    for i in range(3):
+        save_tokenizer(train_tokenizer(texts, "bpe", 300), tmp_path / f"{i}.json")
+    assert len({(tmp_path / f"{i}.json").read_bytes() for i in range(3)}) == 1

@@ -1,6 +1,10 @@
 """Tokenizers: train WordPiece (Cramming's choice), byte-level BPE (causal models) or Unigram with HF `tokenizers`,
 or reuse a `tokenizer.json`. Every kind gets the same special tokens at the same ids, so models, loaders and
 export never need to ask which tokenizer made the data.
+
+Determinism: byte-level BPE training gives the same tokenizer.json for the same sample on every run. HF's
+WordPiece and Unigram trainers do not quite: where merge counts tie, the winner depends on hash-map order, so a
+few tokens can differ between runs. Reuse a tokenizer.json (`tokenizer_file`) to rebuild a dataset byte for byte.
 """
 
 from __future__ import annotations
