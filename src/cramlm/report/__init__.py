@@ -1,0 +1,1 @@
+"""Reports over run dirs: plots (matplotlib, headless) and a self-contained HTML page or markdown summary."""
