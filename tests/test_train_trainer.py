@@ -176,3 +176,31 @@ def test_cli_trains_and_resume_extends_the_budget(cli, data_dir, tmp_path):
     assert code == 0, err
     assert "24 steps" in out
     assert load_run_config(run / "config.yaml").budget.limit == "24steps"
+
+
+def test_heldout_losses_are_on_fixed_positions(data_dir):
+    import math
+
+    import numpy as np
+
+    from cramlm.data.loader import BatchLoader
+    from cramlm.data.store import Dataset
+    from cramlm.eval.heldout import heldout_loss, unigram_loss
+    from cramlm.models.registry import build_model
+
+    ds = Dataset(data_dir)
+    cfg = trainer_mod.with_dataset_shape(tiny_cfg(), ds)
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    a = heldout_loss(model, ds, "mlm", 0.15, n_batches=3, batch_size=4, seed=7)
+    assert a == heldout_loss(model, ds, "mlm", 0.15, n_batches=3, batch_size=4, seed=7)
+    assert a != heldout_loss(model, ds, "mlm", 0.15, n_batches=3, batch_size=4, seed=8)
+    assert abs(a - math.log(ds.vocab_size)) < 0.5  # an untrained model is close to uniform
+
+    counts = np.bincount(np.asarray(ds.sequences("train")).ravel(), minlength=ds.vocab_size)
+    log_p = np.log(counts + 1.0) - np.log(counts.sum() + ds.vocab_size)
+    loader = BatchLoader(ds, "val", "mlm", 0.15, seed=7)
+    labels = torch.cat([loader.next_batch(4)["labels"] for _ in range(3)])
+    expected = -log_p[labels[labels != -100].numpy()].mean()
+    assert unigram_loss(ds, 0.15, n_batches=3, batch_size=4, seed=7) == pytest.approx(expected)
+    assert expected < math.log(ds.vocab_size)

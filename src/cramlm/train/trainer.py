@@ -343,7 +343,8 @@ class Trainer:
 
     def _update_reserve(self) -> None:
         """Keep back, from a wall-clock budget, the time the final evaluation and checkpoint will take."""
-        per_micro = self.train_seconds / max(1, self.budget.steps) / max(1, self.accum)
+        micro_steps = self.budget.tokens / (self.micro * self.strategy.world_size * self.seq_len)
+        per_micro = self.train_seconds / max(1.0, micro_steps)
         eval_s = self.eval_seconds if self.eval_seconds is not None else 0.5 * self.cfg.train.val_batches * per_micro
         n_params = sum(p.numel() for p in self.module.parameters())
         save_s = self.save_seconds if self.save_seconds is not None else 16 * n_params / 200e6
