@@ -7,6 +7,7 @@ that launch runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import os
@@ -68,7 +69,7 @@ def train(d: Distributed, model, opt, steps: list[dict[str, torch.Tensor]]) -> N
         n = per_rank // MICRO
         for i in range(n):
             micro = {k: v[i * MICRO:(i + 1) * MICRO] for k, v in mine.items()}
-            with d.accumulating(model, last=i == n - 1):
+            with d.no_sync(model) if i < n - 1 else contextlib.nullcontext():
                 (model(**micro).loss / n).backward()
         clip_gradients(model, 0.5)
         opt.step()

@@ -47,6 +47,7 @@ from torch.distributed.tensor.placement_types import _StridedShard
 
 from cramlm.errors import CramlmError
 from cramlm.train.optim import build_optimizer, param_groups
+from cramlm.train.trainer import Strategy
 
 STRATEGIES = ("single", "ddp", "zero1", "fsdp", "tp", "fsdp+tp")
 # Flattened optimizer state is keyed per parameter name: ZeRO ranks hold disjoint keys, any world size can load it.
@@ -97,7 +98,7 @@ class Distributed:
     mesh: DeviceMesh | None = None  # 1-D ("dp",) or 2-D ("dp", "tp")
     fsdp: Any = None  # FSDPConfig
     precision: str = "fp32"
-    _sync: bool = True  # False while accumulating micro-batches whose gradients are not reduced yet
+    _sync: bool = True  # False inside no_sync: gradients accumulate without being reduced
 
     # ------------------------------------------------------------------ setup
 
@@ -163,7 +164,7 @@ class Distributed:
 
     def _average_replicated_grad(self, param: nn.Parameter) -> None:
         """FSDP leaves scalar parameters alone: average their gradient over the data-parallel ranks ourselves,
-        once per optimizer step (on the last micro-batch)."""
+        once per optimizer step (on the micro-batch that synchronises)."""
         if self._sync:
             dist.all_reduce(param.grad, group=self.mesh["dp"].get_group())
             param.grad.div_(self.dp_size)
@@ -190,22 +191,23 @@ class Distributed:
                                  foreach=None if fused else True, **hyper)
 
     @contextlib.contextmanager
-    def accumulating(self, model: nn.Module, last: bool) -> Iterator[None]:
-        """Context for one micro-batch's backward: gradients are synchronised only on the `last` one.
+    def no_sync(self, model: nn.Module) -> Iterator[None]:
+        """Context for a micro-batch whose gradients are only accumulated; the next one outside it synchronises.
 
-        DDP (and ZeRO-1) skip the all-reduce with `no_sync`; FSDP2 ZeRO-2 keeps unsharded gradients between
-        micro-batches. ZeRO-3 reduce-scatters every micro-batch: holding unsharded gradients would undo its memory
-        saving.
+        DDP (and ZeRO-1) skip the all-reduce; FSDP2 ZeRO-2 keeps unsharded gradients until the last micro-batch.
+        ZeRO-3 reduce-scatters every micro-batch: holding unsharded gradients would undo its memory saving.
         """
-        self._sync = last
-        if not last and hasattr(model, "no_sync"):
-            with model.no_sync():
-                yield
-            return
         zero2 = self.strategy in ("fsdp", "fsdp+tp") and not self.fsdp.reshard_after_forward
+        self._sync = False
         if zero2:
-            model.set_requires_gradient_sync(last)
-        yield
+            model.set_requires_gradient_sync(False)
+        try:
+            with model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext():
+                yield
+        finally:
+            self._sync = True
+            if zero2:
+                model.set_requires_gradient_sync(True)
 
     # ------------------------------------------------------------------ collectives
 
@@ -383,3 +385,96 @@ def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
                 g = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
                 g.mul_(coef.to(g.device))
     return total
+
+
+# ---------------------------------------------------------------------- the trainer's hooks
+
+
+class DistributedStrategy(Strategy):
+    """`trainer.Strategy` for a torchrun job. `rank` and `world_size` are the data-parallel ones (what the loader
+    and the batch arithmetic need: tensor-parallel ranks of one group read the same data); `is_main` is global
+    rank 0. Checkpoints hold full tensors in the single-process format, so any world size resumes them."""
+
+    def __init__(self, d: Distributed, cfg: Any):
+        super().__init__(d.device)
+        self.dist, self.cfg = d, cfg
+        self.rank, self.world_size = d.dp_rank, d.dp_size
+
+    @classmethod
+    def from_env(cls, cfg: Any) -> "DistributedStrategy":
+        """From a TrainConfig, inside torchrun."""
+        return cls(Distributed.from_env(cfg), cfg)
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        self._model = self.dist.wrap(model)  # the optimizer-state hooks need the parameters' names
+        return self._model
+
+    def build_optimizer(self, model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
+        return self.dist.optimizer(model, cfg)
+
+    def no_sync(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        return self.dist.no_sync(model)
+
+    def clip(self, model: nn.Module, max_norm: float) -> torch.Tensor:
+        return clip_gradients(model, max_norm)
+
+    def agree(self, *flags: bool) -> tuple[bool, ...]:
+        return self.dist.agree(*flags)
+
+    def barrier(self) -> None:
+        self.dist.barrier()
+
+    def model_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """Collective: every rank must call it; rank 0 gets the full weights."""
+        return self.dist.full_state_dict(module)
+
+    def load_model_state(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        set_model_state_dict(_unwrap(module), state, options=StateDictOptions(full_state_dict=True))
+
+    def _names(self, model: nn.Module) -> list[list[str]]:
+        """Parameter names per group, in the single-process optimizer's order (the checkpoint's integer ids)."""
+        module = _unwrap(model)
+        name_of = {id(p): n for n, p in module.named_parameters()}
+        groups = param_groups(module, self.cfg.weight_decay, self.cfg.decay_norms_and_biases)
+        return [[name_of[id(p)] for p in g["params"]] for g in groups]
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Collective: rank 0 gets the whole optimizer state as a single-process `AdamW.state_dict()`."""
+        if self.dist.strategy == "zero1":
+            optimizer.consolidate_state_dict(to=0)  # ZeRO keeps the single-process group layout
+            return optimizer.state_dict() if self.is_main else {}
+        model = self._model
+        full = get_optimizer_state_dict(_unwrap(model), optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.is_main:
+            return {}
+        names = self._names(model)
+        ids = {n: i for i, n in enumerate(n for group in names for n in group)}
+        hyper = {k: v for k, v in optimizer.param_groups[0].items() if k not in ("params", "weight_decay")}
+        groups = []
+        for group_names, group in zip(names, param_groups(_unwrap(model), self.cfg.weight_decay,
+                                                           self.cfg.decay_norms_and_biases)):
+            groups.append({**hyper, "foreach": None, "fused": True, "weight_decay": group["weight_decay"],
+                           "params": [ids[n] for n in group_names]})
+        return {"state": {ids[n]: s for n, s in full["state"].items()}, "param_groups": groups}
+
+    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """Every rank passes the whole single-process state dict; each keeps its shard."""
+        if self.dist.strategy == "zero1":
+            optimizer.load_state_dict(state)
+            return
+        model = self._model
+        order = [n for group in self._names(model) for n in group]
+        by_name = {order[i]: s for i, s in state["state"].items()}
+        group_of = {n: i for i, g in enumerate(self._names(model)) for n in g}
+        name_of = {id(p): n for n, p in _unwrap(model).named_parameters()}
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [name_of[id(p)] for p in g["params"]]}
+                  for g in optimizer.param_groups]
+        for g in groups:  # the saved decay of each parameter's single-process group
+            g["weight_decay"] = state["param_groups"][group_of[g["params"][0]]]["weight_decay"]
+        set_optimizer_state_dict(_unwrap(model), optimizer, {"state": by_name, "param_groups": groups},
+                                 options=StateDictOptions(full_state_dict=True))
