@@ -98,7 +98,7 @@ def test_mlm_batches(dataset_dir):
     b = loader.next_batch(64)
     k = round(0.25 * 32)
     assert b["input_ids"].shape == b["labels"].shape == (64, 32) and b["mask_positions"].shape == (64, k)
-    original = torch.from_numpy(ds.sequences("train")[loader._rank_order()[:64]].astype(np.int64))
+    original = torch.from_numpy(ds.sequences("train")[loader._rank_order(0)[:64]].astype(np.int64))
     chosen = b["labels"] != IGNORE
     assert (chosen.sum(1) == k).all()
     assert torch.equal(b["labels"][chosen], original[chosen])
@@ -142,7 +142,7 @@ def test_ranks_do_not_overlap(dataset_dir):
     ds = Dataset(dataset_dir / "ds")
     n = len(ds.sequences("train"))
     loaders = [BatchLoader(ds, objective="causal", rank=r, world_size=3) for r in range(3)]
-    rows = [set(l._rank_order().tolist()) for l in loaders]
+    rows = [set(l._rank_order(0).tolist()) for l in loaders]
     assert not rows[0] & rows[1] and not rows[1] & rows[2] and sum(map(len, rows)) == n - n % 3
 
 
@@ -157,3 +157,12 @@ def test_cli_prepare_and_stats(dataset_dir, cli, tmp_path):
     assert code == 2 and "does not exist" in err
     code, _, err = cli("prepare", dataset_dir / "src", "--out", tmp_path / "y", "data.nosuch=1")
     assert code == 2 and "nosuch" in err
+
+
+def test_prefetch_gives_the_same_batches(dataset_dir):
+    ds = Dataset(dataset_dir / "ds")
+    plain, ahead = BatchLoader(ds, seed=2), BatchLoader(ds, seed=2, prefetch=True)
+    for n in (16, 16, 40, 40, 3, 16):
+        a, b = plain.next_batch(n), ahead.next_batch(n)
+        assert all(torch.equal(a[key], b[key]) for key in a)
+    assert plain.state_dict() == ahead.state_dict()
