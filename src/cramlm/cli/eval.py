@@ -81,7 +81,8 @@ def ppl(
     run_dir: Path = RUN_DIR,
     text: Path = typer.Option(..., "--text", help="UTF-8 text file to score (e.g. wikitext-2-raw/test.txt)."),
     stride: Optional[int] = typer.Option(None, "--stride", min=1, help="Tokens each window advances (causal "
-                                         "models); smaller = more context per token, slower. Default: the window."),
+                                         "models), below the window; smaller = more context per token, slower. "
+                                         "Default: half the window."),
     window: Optional[int] = typer.Option(None, "--window", min=2, help="Tokens per window. Default and maximum: "
                                          "model.max_seq_len."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Score only the first N tokens "

@@ -2,8 +2,8 @@
 
 Conventions, so numbers sit beside published ones:
 - Text is scored as one stream that starts with `[SEP]` (cramlm's end-of-text token), so the first word is
-  predicted too. Windows of `max_seq_len` tokens advance by `stride`; each token is scored once, with at least
-  `window - stride` tokens of context (except in the first window).
+  predicted too. Windows of `max_seq_len` tokens advance by `stride` (default half a window); each token is scored
+  once, with at least `window - stride` tokens of context (except in the first window).
 - Per-word perplexity is exp(total NLL / words), words counted by whitespace in the original text (WikiText
   convention: comparable across tokenizers); per-token perplexity divides by our token count instead.
 - LAMBADA: the target is the last whitespace-separated word; a prediction counts only when every one of its tokens
@@ -58,9 +58,10 @@ def _perplexity(nll: float, count: int) -> float:
 
 def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int]]:
     """(begin, end, first scored position) of each window over a stream of `n_tokens` (position 0 is the
-    `[SEP]` prefix and is never scored). Every position 1..n-1 is scored exactly once."""
-    if not 0 < stride <= window:
-        raise CramlmError(f"stride must be between 1 and the window ({window} tokens), got {stride}")
+    `[SEP]` prefix and is never scored). Window starts advance by `stride`; every position 1..n-1 is scored exactly
+    once, always with context inside its window (hence stride < window)."""
+    if not 0 < stride < window:
+        raise CramlmError(f"stride must be between 1 and {window - 1} (the window minus one), got {stride}")
     out, prev_end, begin = [], 1, 0
     while prev_end < n_tokens:
         end = min(begin + window, n_tokens)
@@ -145,7 +146,7 @@ def perplexity(model: nn.Module, tokenizer: Tokenizer, text: str, *, window: int
         raise CramlmError("the text holds no tokens")
     causal = model.cfg.arch == "decoder"
     if causal:
-        stride = stride or window
+        stride = stride or window // 2
         nll, count = sliding_nll(model, [SEP, *ids], window, stride, max(1, batch_tokens // window))
     else:
         nll, count = pseudo_nll(model, ids, window, max(1, batch_tokens // window))

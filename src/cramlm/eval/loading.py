@@ -11,6 +11,7 @@ from torch import nn
 from cramlm.config import RunConfig
 from cramlm.data.tokenizer import load_tokenizer
 from cramlm.errors import CramlmError
+from cramlm.export.hf import import_model
 from cramlm.train.checkpoint import load_model
 
 
@@ -23,11 +24,16 @@ class Pretrained:
 
 
 def load_pretrained(path: str | Path) -> Pretrained:
-    """A run dir's final (or latest) weights in eval mode on CPU, with its resolved config and tokenizer."""
+    """A run dir's final (or latest) weights, or an exported HF dir (`config.json`), in eval mode on CPU, with
+    the resolved config (an HF dir gets the default sections besides its model) and the tokenizer."""
     path = Path(path)
     if not path.is_dir():
-        raise CramlmError(f"{path} is not a run dir")
+        raise CramlmError(f"{path} is not a run dir or an exported HF dir")
     if not (path / "tokenizer.json").is_file():
-        raise CramlmError(f"{path} has no tokenizer.json: is it a cramlm run dir?")
-    model, cfg = load_model(path)
+        raise CramlmError(f"{path} has no tokenizer.json: is it a cramlm run dir or an exported HF dir?")
+    if (path / "config.json").is_file() and not (path / "config.yaml").is_file():
+        model, model_cfg = import_model(path)
+        cfg = RunConfig(model=model_cfg)
+    else:
+        model, cfg = load_model(path)
     return Pretrained(model, cfg, load_tokenizer(path / "tokenizer.json"), path)
