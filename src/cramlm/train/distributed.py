@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -52,6 +53,8 @@ from cramlm.train.trainer import Strategy
 STRATEGIES = ("single", "ddp", "zero1", "fsdp", "tp", "fsdp+tp")
 # Flattened optimizer state is keyed per parameter name: ZeRO ranks hold disjoint keys, any world size can load it.
 _OPTIM_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+# Saved optimizer groups name the kernel a single process uses (fused AdamW): loading a state dict restores it.
+_SINGLE_KERNEL = {"fused": True, "foreach": None}
 
 
 def torchrun_env() -> bool:
@@ -220,12 +223,21 @@ class Distributed:
         return tuple(bool(v) for v in t.tolist())
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
-        """Average a tensor of logged values over the data-parallel ranks (every rank gets the result)."""
+        """Average a tensor of logged values over all ranks (tensor-parallel ranks hold equal values, so this is
+        the data-parallel mean); every rank gets the result."""
         if self.world_size == 1:
             return values
         values = values.detach().to(self.device, torch.float32).clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values / self.world_size
+
+    def share(self, obj: Any) -> Any:
+        """Rank 0's Python object on every rank (a run name, anything decided once)."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -237,7 +249,8 @@ class Distributed:
         """Sharded save: every rank writes its own shards of the model and optimizer into `path` (a directory)."""
         state = _state(model, optimizer)
         _gather_strided(state)
-        dcp.save(state, checkpoint_id=Path(path), no_dist=self.world_size == 1)
+        with _quiet_single_process():
+            dcp.save(state, checkpoint_id=Path(path), no_dist=self.world_size == 1)
 
     def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
         """Load a `save` directory written by any world size and strategy into this rank's shards."""
@@ -246,7 +259,8 @@ class Distributed:
             raise CramlmError(f"{path} is not a distributed checkpoint (no .metadata)")
         state = _state(model, optimizer)
         strided = _gather_strided(state)
-        dcp.load(state, checkpoint_id=path, no_dist=self.world_size == 1)
+        with _quiet_single_process():
+            dcp.load(state, checkpoint_id=path, no_dist=self.world_size == 1)
         for (part, key), like in strided.items():
             state[part][key] = distribute_tensor(state[part][key], like.device_mesh, like.placements)
         set_model_state_dict(_unwrap(model), state["model"])
@@ -351,6 +365,14 @@ def _state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[st
     return state
 
 
+@contextlib.contextmanager
+def _quiet_single_process() -> Iterator[None]:
+    """A checkpoint written or read by one process is intended: no warning about it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def _gather_strided(state: dict[str, dict[str, Any]]) -> dict[tuple[str, str], DTensor]:
     """Replace strided shards (the fused TP projections) by whole tensors, in place, and return the originals.
 
@@ -425,6 +447,9 @@ class DistributedStrategy(Strategy):
     def agree(self, *flags: bool) -> tuple[bool, ...]:
         return self.dist.agree(*flags)
 
+    def average(self, values: torch.Tensor) -> torch.Tensor:
+        return self.dist.mean(values)
+
     def barrier(self) -> None:
         self.dist.barrier()
 
@@ -446,7 +471,10 @@ class DistributedStrategy(Strategy):
         """Collective: rank 0 gets the whole optimizer state as a single-process `AdamW.state_dict()`."""
         if self.dist.strategy == "zero1":
             optimizer.consolidate_state_dict(to=0)  # ZeRO keeps the single-process group layout
-            return optimizer.state_dict() if self.is_main else {}
+            if not self.is_main:
+                return {}
+            state = optimizer.state_dict()
+            return {**state, "param_groups": [{**g, **_SINGLE_KERNEL} for g in state["param_groups"]]}
         model = self._model
         full = get_optimizer_state_dict(_unwrap(model), optimizer,
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -458,14 +486,15 @@ class DistributedStrategy(Strategy):
         groups = []
         for group_names, group in zip(names, param_groups(_unwrap(model), self.cfg.weight_decay,
                                                            self.cfg.decay_norms_and_biases)):
-            groups.append({**hyper, "foreach": None, "fused": True, "weight_decay": group["weight_decay"],
+            groups.append({**hyper, **_SINGLE_KERNEL, "weight_decay": group["weight_decay"],
                            "params": [ids[n] for n in group_names]})
         return {"state": {ids[n]: s for n, s in full["state"].items()}, "param_groups": groups}
 
     def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
         """Every rank passes the whole single-process state dict; each keeps its shard."""
         if self.dist.strategy == "zero1":
-            optimizer.load_state_dict(state)
+            kernel = {k: optimizer.param_groups[0][k] for k in _SINGLE_KERNEL}  # ours, not the writer's
+            optimizer.load_state_dict({**state, "param_groups": [{**g, **kernel} for g in state["param_groups"]]})
             return
         model = self._model
         order = [n for group in self._names(model) for n in group]
