@@ -67,9 +67,11 @@ def test_workers_give_byte_identical_shards(dataset_dir):
 def test_small_shards_read_as_one_array(dataset_dir):
     cfg = CFG.model_copy(update={"shard_mb": 0.001, "tokenizer_file": str(dataset_dir / "ds" / "tokenizer.json")})
     prepare([str(dataset_dir / "src")], dataset_dir / "ds3", cfg, progress=False)
-    ds, ref = Dataset(dataset_dir / "ds3"), Dataset(dataset_dir / "ds").sequences("train")
+    ds = Dataset(dataset_dir / "ds3")
     seqs = ds.sequences("train")
     assert len(ds.manifest["splits"]["train"]["shards"]) > 1
+    ref = np.concatenate([np.fromfile(dataset_dir / "ds3" / s["file"], dtype=np.uint16).reshape(-1, 32)
+                          for s in ds.manifest["splits"]["train"]["shards"]])
     assert np.array_equal(np.asarray(seqs), ref) and np.array_equal(seqs[[5, 0, -1]], ref[[5, 0, -1]])
     assert np.array_equal(seqs[3], ref[3]) and np.array_equal(seqs[2:9], ref[2:9])
 
@@ -166,3 +168,61 @@ def test_prefetch_gives_the_same_batches(dataset_dir):
         a, b = plain.next_batch(n), ahead.next_batch(n)
         assert all(torch.equal(a[key], b[key]) for key in a)
     assert plain.state_dict() == ahead.state_dict()
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.bin"))}
+
+
+def test_resume_skips_finished_units_and_matches(dataset_dir, tmp_path):
+    cfg = CFG.model_copy(update={"shard_mb": 0.002, "tokenizer_file": str(dataset_dir / "ds" / "tokenizer.json")})
+    src = [str(dataset_dir / "src")]
+    full = prepare(src, tmp_path / "full", cfg, progress=False)
+    assert full["units"] >= 3
+    part = tmp_path / "part"
+    prepare(src, part, cfg, progress=False)
+    # a crash during the last unit: its record and shards never got committed
+    last = full["units"] - 1
+    for p in [part / "units" / f"{last:05d}.json", part / "train" / f"{last:05d}.bin", part / "manifest.json"]:
+        p.unlink(missing_ok=True)
+    kept = {p: p.stat().st_mtime_ns for p in (part / "train").glob("*.bin")}
+    again = prepare(src, part, cfg, progress=False)
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # finished units were not rewritten
+    assert _files(part) == _files(tmp_path / "full")
+    assert {k: again[k] for k in ("documents", "tokens", "dropped")} == {k: full[k] for k in ("documents", "tokens", "dropped")}
+    changed = cfg.model_copy(update={"seq_len": 16})  # another config starts over
+    assert prepare(src, part, changed, progress=False)["seq_len"] == 16
+
+
+def test_shard_and_merge_equal_a_single_run(dataset_dir, tmp_path, cli):
+    from cramlm.data.prepare import merge
+
+    cfg = CFG.model_copy(update={"shard_mb": 0.002, "tokenizer_file": str(dataset_dir / "ds" / "tokenizer.json")})
+    src = [str(dataset_dir / "src")]
+    whole = prepare(src, tmp_path / "whole", cfg, progress=False)
+    for i in range(2):
+        part = prepare(src, tmp_path / f"p{i}", cfg, progress=False, shard=(i, 2))
+        assert part["partial"]["shard"] == [i, 2]
+    with pytest.raises(CramlmError, match="missing"):
+        merge([tmp_path / "p0"], tmp_path / "bad")
+    merged = merge([tmp_path / "p0", tmp_path / "p1"], tmp_path / "merged")
+    assert _files(tmp_path / "merged") == _files(tmp_path / "whole")
+    assert {k: merged[k] for k in ("documents", "tokens", "sequences", "dropped")} == \
+        {k: whole[k] for k in ("documents", "tokens", "sequences", "dropped")}
+    assert len(BatchLoader(Dataset(tmp_path / "merged")).next_batch(4)["input_ids"]) == 4
+    code, _, err = cli("prepare", *src, "--out", tmp_path / "x", "--shard", "0/2")
+    assert code == 2 and "--tokenizer-file" in err
+
+
+def test_near_duplicates_and_compression_filter(tmp_path):
+    base = " ".join(WORDS * 3)
+    rng = random.Random(0)  # random letters: many tokens per character for a tokenizer trained on words
+    noise = " ".join("".join(rng.choice("bcdfghjklmnpqrstvwxz") for _ in range(8)) for _ in range(50))
+    docs = [base, base.replace("fast", "quick"), *[" ".join(random.Random(i).sample(WORDS, 25)) for i in range(60)],
+            noise]
+    (tmp_path / "a.txt").write_text("\n\n".join(docs))
+    cfg = DataConfig(vocab_size=200, seq_len=16, val_fraction=0.0, min_chars=8, near_dedup=True,
+                     near_dedup_threshold=0.7, max_tokens_per_char_z=3.0)
+    m = prepare([str(tmp_path / "a.txt")], tmp_path / "ds", cfg, progress=False)
+    assert m["dropped"].get("near_duplicate") == 1
+    assert m["dropped"].get("compression") == 1 and m["compression_filter"]["active"]

@@ -34,6 +34,10 @@ def command(
     text_field: Optional[str] = typer.Option(None, "--text-field", help="JSONL/parquet field with the text. Default text."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with a data: section."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Take the data section of this recipe preset."),
+    shard: Optional[str] = typer.Option(
+        None, "--shard", help="I/N: tokenize only part I of N (0-based) for `--merge` later; needs --tokenizer-file."
+    ),
+    merge: bool = typer.Option(False, "--merge", help="Join the SOURCE dirs written with --shard into --out."),
     stats: Optional[Path] = typer.Option(None, "--stats", help="Print the tables of an existing dataset dir and exit."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -55,8 +59,20 @@ def command(
         raise CramlmError("prepare needs --out DIR (the dataset dir to write)")
     if workers < 0:
         raise CramlmError(f"--workers must be 0 or more, got {workers}")
-    from cramlm.data.prepare import prepare
+    from cramlm.data import prepare as pipeline
 
-    prepare(sources, out, cfg, workers=workers, progress=not quiet)
+    if merge:
+        pipeline.merge(sources, out)
+    else:
+        pipeline.prepare(sources, out, cfg, workers=workers, progress=not quiet, shard=_parse_shard(shard))
     for table in stats_tables(out):
         console.print(table)
+
+
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return (0, 1)
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and int(count) >= 1):
+        raise CramlmError(f"--shard must look like I/N with 0 <= I < N, got {text!r}")
+    return int(index), int(count)

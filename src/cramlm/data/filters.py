@@ -33,14 +33,40 @@ def symbol_ratio(text: str) -> float:
     return len(_LETTERS_AND_SPACE.sub("", text)) / visible
 
 
+class NearDuplicates:
+    """MinHash-LSH over word 5-gram shingles: a document whose estimated Jaccard similarity to an earlier kept
+    one reaches the threshold is a near duplicate (boilerplate, mirrored pages, templated text)."""
+
+    def __init__(self, threshold: float, num_perm: int = 64, ngram: int = 5):
+        from datasketch import MinHashLSH
+
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.num_perm, self.ngram, self.n = num_perm, ngram, 0
+
+    def seen_before(self, text: str) -> bool:
+        from datasketch import MinHash
+
+        words = text.lower().split()
+        shingles = {" ".join(words[i:i + self.ngram]) for i in range(max(1, len(words) - self.ngram + 1))}
+        m = MinHash(num_perm=self.num_perm, seed=1)
+        m.update_batch([s.encode("utf-8", "surrogatepass") for s in shingles])
+        if self.lsh.query(m):
+            return True
+        self.lsh.insert(str(self.n), m)
+        self.n += 1
+        return False
+
+
 class TextFilters:
-    """Length, mostly-not-text and exact-duplicate filters, applied in stream order (so deterministic)."""
+    """Length, mostly-not-text, exact- and near-duplicate filters, applied in stream order (so deterministic)."""
 
     def __init__(self, cfg: DataConfig, dedup: bool | None = None):
         self.cfg = cfg
         self.dedup = cfg.dedup if dedup is None else dedup
+        self.near = NearDuplicates(cfg.near_dedup_threshold) if cfg.near_dedup and dedup is not False else None
         self.seen: set[bytes] = set()
         self.dropped: Counter[str] = Counter()
+        self.chars = 0  # characters seen, for progress
 
     def reason(self, text: str) -> str | None:
         """Why this document is dropped, or None to keep it. Stateless checks only (safe on samples)."""
@@ -54,6 +80,7 @@ class TextFilters:
         return None
 
     def keep(self, text: str) -> bool:
+        self.chars += len(text)
         why = self.reason(text)
         if why is None and self.dedup:
             key = text_hash(text)
@@ -61,6 +88,8 @@ class TextFilters:
                 why = "duplicate"
             else:
                 self.seen.add(key)
+        if why is None and self.near is not None and self.near.seen_before(text):
+            why = "near_duplicate"
         if why:
             self.dropped[why] += 1
         return why is None
@@ -75,6 +104,13 @@ class CompressionFilter:
         self.std = float(np.std(sample_ratios)) if sample_ratios else 0.0
         self.active = z_max is not None and len(sample_ratios) >= 20 and self.std > 0
         self.dropped = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CompressionFilter:
+        """Rebuild the filter a resumed run used (its norm came from the first run's sample)."""
+        f = cls(d["z_max"], [])
+        f.mean, f.std, f.active = d["mean_tokens_per_char"], d["std"], d["active"]
+        return f
 
     def keep(self, n_tokens: int, n_chars: int) -> bool:
         if not self.active or n_chars == 0:

@@ -1,15 +1,24 @@
 """The data pipeline: sources -> filters -> tokenizer -> packed shards + manifest (a dataset dir).
 
-Two passes over the input: one gathers a sample to train the tokenizer (skipped with `tokenizer_file`; when the
-whole corpus fits in the sample it is kept and the second pass reads it from memory), one filters, tokenizes,
-splits and packs. Documents stream through in fixed-size chunks; tokenization runs on `workers` processes with
-results consumed in input order, so the shards are byte-identical whatever the number of workers. Memory is
-bounded by the chunk size, the sample and the exact-dedup hash set (16 bytes per kept document).
+The document stream is cut into *units* of about `shard_mb` of text (by raw characters, so the cut depends only
+on the input). Each unit is packed on its own into one shard per split and committed atomically with a small
+`units/NNNNN.json` record; the manifest sums the records. That one idea gives:
+- resume: a re-run with the same sources and config skips committed units (their documents are still read
+  and hashed, so deduplication decides exactly as in an uninterrupted run);
+- `shard=(i, n)`: machine i of n tokenizes units u with u % n == i; `merge` joins their dirs into the dataset a
+  single machine would have written, byte for byte;
+- determinism: tokenization runs on `workers` processes but results are consumed in input order, so shards are
+  byte-identical whatever the number of workers.
+Before the stream, a pass gathers a sample to train the tokenizer (skipped with `tokenizer_file`; when the whole
+corpus fits in the sample it is kept and read from memory). Memory is bounded by the chunk size, the sample and
+the dedup hash set (16 bytes per kept document).
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import shutil
 import time
 from collections import Counter, deque
@@ -31,9 +40,11 @@ from cramlm.errors import CramlmError
 CHUNK_DOCS = 2048
 CHUNK_CHARS = 4_000_000
 MB = 1_000_000
+TOKENS_PER_CHAR_GUESS = 0.3  # sizes units so that a unit's shard is about shard_mb
+PROBE_DOCS = 2000
 
 
-def _unit(key: bytes) -> float:
+def _unit_float(key: bytes) -> float:
     """A document's hash as a number in [0, 1): decides sampling and the val split, independent of order."""
     return int.from_bytes(key[:8], "little") / 2**64
 
@@ -55,7 +66,7 @@ def _sample(sources: list[str], cfg: DataConfig, total_bytes: int | None) -> tup
     for text in _all_documents(sources, cfg.text_field, skipped):
         if corpus is not None:
             corpus.append(text)
-        if probe.reason(text) is None and (rate == 1.0 or _unit(text_hash(text)) < rate):
+        if probe.reason(text) is None and (rate == 1.0 or _unit_float(text_hash(text)) < rate):
             sample.append(text)
             chars += len(text)
             if chars >= budget:
@@ -74,8 +85,6 @@ _worker_tok = None
 
 def _worker_init(path: str) -> None:
     global _worker_tok
-    import os
-
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer
 
@@ -86,35 +95,80 @@ def _worker_encode(texts: list[str]) -> list[list[int]]:
     return _encode(_worker_tok, texts)
 
 
-def _chunks(docs: Iterator[str], filters: TextFilters) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    chars = 0
+def _work(docs: Iterator[str], filters: TextFilters, unit_chars: float, todo) -> Iterator[tuple[int, list[str] | None]]:
+    """(unit, chunk of kept texts) for units to do, and (unit, None) when a unit ends. Every document is filtered
+    (so dedup state is the same whichever units are skipped); only the todo units' texts are passed on."""
+    unit, chars, chunk, chunk_chars = 0, 0, [], 0
     for text in docs:
-        if filters.keep(text):
+        if chars >= unit_chars:
+            if chunk:
+                yield unit, chunk
+            yield unit, None
+            unit, chars, chunk, chunk_chars = unit + 1, 0, [], 0
+        chars += len(text)
+        if filters.keep(text) and todo(unit):
             chunk.append(text)
-            chars += len(text)
-            if len(chunk) >= CHUNK_DOCS or chars >= CHUNK_CHARS:
-                yield chunk
-                chunk, chars = [], 0
+            chunk_chars += len(text)
+            if len(chunk) >= CHUNK_DOCS or chunk_chars >= CHUNK_CHARS:
+                yield unit, chunk
+                chunk, chunk_chars = [], 0
     if chunk:
-        yield chunk
+        yield unit, chunk
+    yield unit, None
 
 
-def _encoded(chunks: Iterator[list[str]], tok: Any, pool: Any, window: int = 4) -> Iterator[tuple[list[str], list[list[int]]]]:
-    """(texts, ids) per chunk in input order; with a pool, a bounded window of chunks is in flight."""
-    if pool is None:
-        for chunk in chunks:
-            yield chunk, _encode(tok, chunk)
-        return
+def _encoded(items: Iterator, tok: Any, pool: Any, window: int = 4) -> Iterator:
+    """(unit, texts, ids) in input order; unit ends pass through as (unit, None, None). With a pool, a bounded
+    window of chunks is in flight."""
     pending: deque = deque()
-    for chunk in chunks:
-        pending.append((chunk, pool.apply_async(_worker_encode, (chunk,))))
-        if len(pending) > window:
-            done, result = pending.popleft()
-            yield done, result.get()
+    for unit, texts in items:
+        if pool is None:
+            yield unit, texts, (None if texts is None else _encode(tok, texts))
+            continue
+        pending.append((unit, texts, None if texts is None else pool.apply_async(_worker_encode, (texts,))))
+        while len(pending) > window or (pending and pending[0][2] is None):
+            u, t, result = pending.popleft()
+            yield u, t, (None if result is None else result.get())
     while pending:
-        done, result = pending.popleft()
-        yield done, result.get()
+        u, t, result = pending.popleft()
+        yield u, t, (None if result is None else result.get())
+
+
+class _Unit:
+    """The packing state of one unit: packers, shard writers and counts, committed with units/NNNNN.json."""
+
+    def __init__(self, out: Path, index: int, cfg: DataConfig, dtype: np.dtype, vocab_size: int):
+        self.out, self.index, self.cfg, self.dtype = out, index, cfg, dtype
+        self.writers = {s: ShardWriter(out, s, cfg.seq_len, dtype, 1 << 62, first=index) for s in SPLITS}
+        self.packers = {s: Packer(cfg.seq_len, dtype) for s in SPLITS}
+        self.counts = {s: Counter() for s in SPLITS}
+        self.token_counts = np.zeros(vocab_size, dtype=np.int64)
+        self.lengths: Counter = Counter()
+
+    def add(self, text: str, ids: list[int]) -> None:
+        split = "val" if _unit_float(text_hash(text)) < self.cfg.val_fraction else "train"
+        arr = np.asarray(ids, dtype=self.dtype)
+        self.counts[split]["documents"] += 1
+        self.counts[split]["tokens"] += len(arr)
+        self.lengths[int(math.log2(max(1, len(arr))))] += 1
+        if split == "train":
+            self.token_counts += np.bincount(arr, minlength=len(self.token_counts))
+        self.writers[split].write(self.packers[split].add(arr))
+
+    def commit(self, dropped: Counter, skipped: Counter) -> dict[str, Any]:
+        record: dict[str, Any] = {"unit": self.index, "dropped": dict(dropped), "skipped": dict(skipped),
+                                  "lengths_log2": {str(k): v for k, v in sorted(self.lengths.items())}}
+        for split in SPLITS:
+            blocks, tail = self.packers[split].finish()
+            self.writers[split].write(blocks)
+            shards = self.writers[split].close()
+            record[split] = {**self.counts[split], "dropped_tail_tokens": tail, "shards": shards}
+        units = self.out / "units"
+        np.save(units / f"{self.index:05d}.npy", self.token_counts)
+        tmp = units / f"{self.index:05d}.json.tmp"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, units / f"{self.index:05d}.json")  # the unit exists once this file does
+        return record
 
 
 def _progress(enabled: bool):
@@ -122,128 +176,223 @@ def _progress(enabled: bool):
 
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[stats]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=False,
+        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled,
     )
 
 
+def _build_key(sources: list[str], cfg: DataConfig) -> dict[str, Any]:
+    """What a dataset dir's content depends on; a re-run with the same key resumes."""
+    return {"sources": [fingerprint(s) for s in sources], "config": cfg.model_dump(mode="json")}
+
+
+def _done_units(out: Path) -> set[int]:
+    return {int(p.stem) for p in (out / "units").glob("*.json")}
+
+
 def prepare(
-    sources: list[str], out_dir: str | Path, cfg: DataConfig, workers: int = 0, progress: bool = True
+    sources: list[str],
+    out_dir: str | Path,
+    cfg: DataConfig,
+    workers: int = 0,
+    progress: bool = True,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, Any]:
-    """Build a dataset dir from sources; returns the manifest (also written to out_dir/manifest.json)."""
+    """Build (or resume) a dataset dir from sources; returns the manifest (also written to out_dir/manifest.json).
+
+    With shard=(i, n), n > 1, only every n-th unit is tokenized and a partial dir is written for `merge`.
+    """
     check_sources(sources)
+    index, n_shards = shard
+    if not 0 <= index < n_shards:
+        raise CramlmError(f"--shard {index}/{n_shards}: the index must be in 0..{n_shards - 1}")
+    if n_shards > 1 and not cfg.tokenizer_file:
+        raise CramlmError("--shard needs --tokenizer-file, so that every machine uses the same tokenizer")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    fingerprints = [fingerprint(s) for s in sources]
     sizes = [source_bytes(s) for s in sources]
     total_bytes = sum(sizes) if all(s is not None for s in sizes) else None
+    key = _build_key(sources, cfg)
+    tok_path = out / "tokenizer.json"
+    build_path = out / "build.json"
+    old = json.loads(build_path.read_text()) if build_path.is_file() else None
+    resume = bool(old) and old["key"] == key and old.get("shard") == [index, n_shards] and tok_path.is_file()
 
     with _progress(progress) as bar:
-        tok_path = out / "tokenizer.json"
         corpus: list[str] | None = None
-        sample_skipped: Counter = Counter()
-        if cfg.tokenizer_file:
-            tok = load_tokenizer(cfg.tokenizer_file)
-            if Path(cfg.tokenizer_file).resolve() != tok_path.resolve():
-                shutil.copyfile(cfg.tokenizer_file, tok_path)
-            sample = []
-        else:
-            task = bar.add_task("tokenizer", total=None, stats=f"sampling {cfg.tokenizer_sample_mb:g} MB")
-            sample, corpus, sample_skipped = _sample(sources, cfg, total_bytes)
-            if not sample:
-                raise CramlmError(f"no usable documents in {' '.join(sources)} (all empty, skipped or filtered)")
-            bar.update(task, stats=f"training {cfg.tokenizer} on {sum(map(len, sample)) / MB:.1f} MB")
-            tok = train_tokenizer(sample, cfg.tokenizer, cfg.vocab_size, cfg.lowercase)
-            save_tokenizer(tok, tok_path)
-            bar.update(task, total=1, completed=1, stats=f"{cfg.tokenizer} {tok.get_vocab_size()} tokens")
-        vocab_size = tok.get_vocab_size()
-        if cfg.tokenizer_file and vocab_size != cfg.vocab_size:
-            cfg = cfg.model_copy(update={"vocab_size": vocab_size})
-        dtype = token_dtype(vocab_size)
-
-        probe = sample[:2000]
-        ratios = [len(ids) / max(1, len(t)) for ids, t in zip(_encode(tok, probe), probe)]
-        compression = CompressionFilter(cfg.max_tokens_per_char_z, ratios)
-        del sample, probe
-
-        for split in SPLITS:  # a fresh build replaces an earlier one's shards
-            shutil.rmtree(out / split, ignore_errors=True)
-        shard_rows = int(cfg.shard_mb * MB // (cfg.seq_len * dtype.itemsize))
-        writers = {s: ShardWriter(out, s, cfg.seq_len, dtype, shard_rows) for s in SPLITS}
-        packers = {s: Packer(cfg.seq_len, dtype) for s in SPLITS}
-        counts = {s: Counter() for s in SPLITS}
-        token_counts = np.zeros(vocab_size, dtype=np.int64)
-        length_hist = Counter()
-        filters = TextFilters(cfg)
         skipped: Counter = Counter()
-        docs = iter(corpus) if corpus is not None else _all_documents(sources, cfg.text_field, skipped)
-        if corpus is not None:
-            skipped = sample_skipped
+        if resume:
+            tok = load_tokenizer(tok_path)
+            compression = CompressionFilter.from_dict(old["compression"])
+        else:
+            for name in (*SPLITS, "units"):
+                shutil.rmtree(out / name, ignore_errors=True)
+            for name in ("manifest.json", "build.json", "token_counts.npy"):
+                (out / name).unlink(missing_ok=True)
+            if cfg.tokenizer_file:
+                tok = load_tokenizer(cfg.tokenizer_file)
+                if Path(cfg.tokenizer_file).resolve() != tok_path.resolve():
+                    shutil.copyfile(cfg.tokenizer_file, tok_path)
+                probe = _first_documents(sources, cfg, PROBE_DOCS)
+            else:
+                task = bar.add_task("tokenizer", total=None, stats=f"sampling up to {cfg.tokenizer_sample_mb:g} MB")
+                probe, corpus, skipped = _sample(sources, cfg, total_bytes)
+                if not probe:
+                    raise CramlmError(f"no usable documents in {' '.join(sources)} (all empty, skipped or filtered)")
+                bar.update(task, stats=f"training {cfg.tokenizer} on {sum(map(len, probe)) / MB:.1f} MB")
+                tok = train_tokenizer(probe, cfg.tokenizer, cfg.vocab_size, cfg.lowercase)
+                save_tokenizer(tok, tok_path)
+                bar.update(task, total=1, completed=1, stats=f"{cfg.tokenizer}, {tok.get_vocab_size()} tokens")
+            probe = probe[:PROBE_DOCS]
+            ratios = [len(ids) / max(1, len(t)) for ids, t in zip(_encode(tok, probe), probe)]
+            compression = CompressionFilter(cfg.max_tokens_per_char_z, ratios)
+            del probe
+            (out / "units").mkdir()
+            build = {"key": key, "shard": [index, n_shards], "compression": compression.describe()}
+            build_path.write_text(json.dumps(build, indent=1) + "\n")
+        vocab_size = tok.get_vocab_size()
+        dtype = token_dtype(vocab_size)
+        unit_chars = cfg.shard_mb * MB / (dtype.itemsize * TOKENS_PER_CHAR_GUESS)
 
-        task = bar.add_task("tokenize + pack", total=total_bytes, stats="")
+        done = _done_units(out)
+        filters = TextFilters(cfg)
+        docs = iter(corpus) if corpus is not None else _all_documents(sources, cfg.text_field, skipped)
+        todo = lambda u: u % n_shards == index and u not in done  # noqa: E731
+        task = bar.add_task("tokenize + pack", total=total_bytes, stats="resuming" if done else "")
         pool = get_context("spawn").Pool(workers, _worker_init, (str(tok_path),)) if workers > 1 else None
+        current: _Unit | None = None
+        dropped_before, skipped_before = Counter(), Counter()
+        n_units = 0
+        n_docs = n_tokens = 0
         try:
-            for texts, ids_list in _encoded(_chunks(docs, filters), tok, pool, 2 * workers):
+            for unit, texts, ids_list in _encoded(_work(docs, filters, unit_chars, todo), tok, pool, 2 * workers):
+                if texts is None:  # end of a unit: commit it if it was ours
+                    dropped_now = filters.dropped + Counter({"compression": compression.dropped})
+                    if todo(unit):
+                        (current or _Unit(out, unit, cfg, dtype, vocab_size)).commit(
+                            dropped_now - dropped_before, skipped - skipped_before)
+                    current, dropped_before, skipped_before = None, dropped_now, skipped.copy()
+                    n_units = unit + 1
+                    continue
+                current = current or _Unit(out, unit, cfg, dtype, vocab_size)
                 for text, ids in zip(texts, ids_list):
-                    if not compression.keep(len(ids), len(text)):
-                        continue
-                    split = "val" if _unit(text_hash(text)) < cfg.val_fraction else "train"
-                    arr = np.asarray(ids, dtype=dtype)
-                    c = counts[split]
-                    c["documents"] += 1
-                    c["tokens"] += len(arr)
-                    length_hist[int(math.log2(max(1, len(arr))))] += 1
-                    if split == "train":
-                        token_counts += np.bincount(arr, minlength=vocab_size)
-                    writers[split].write(packers[split].add(arr))
-                done = sum(c["documents"] for c in counts.values())
+                    if compression.keep(len(ids), len(text)):
+                        current.add(text, ids)
+                        n_docs, n_tokens = n_docs + 1, n_tokens + len(ids)
                 elapsed = time.perf_counter() - start
-                toks = sum(c["tokens"] for c in counts.values())
-                bar.update(task, advance=sum(map(len, texts)),
-                           stats=f"{done:,} docs {done / elapsed:,.0f}/s {toks / elapsed / 1e3:,.0f}k tok/s")
+                bar.update(task, completed=filters.chars,
+                           stats=f"{n_docs:,} docs {n_docs / elapsed:,.0f}/s {n_tokens / elapsed / 1e3:,.0f}k tok/s")
         finally:
             if pool:
                 pool.terminate()
 
-        for split in SPLITS:
-            blocks, tail = packers[split].finish()
-            writers[split].write(blocks)
-            counts[split]["dropped_tail_tokens"] = tail
+    manifest = assemble(out, n_units, partial=n_shards > 1)
+    manifest["seconds"] = round(time.perf_counter() - start, 2)
+    write_manifest(out, manifest)
+    return manifest
 
-    splits = {}
+
+def _first_documents(sources: list[str], cfg: DataConfig, n: int) -> list[str]:
+    """The first n usable documents: the compression filter's norm when no tokenizer sample is drawn."""
+    probe = TextFilters(cfg, dedup=False)
+    out: list[str] = []
+    for text in _all_documents(sources, cfg.text_field, Counter()):
+        if probe.reason(text) is None:
+            out.append(text)
+            if len(out) >= n:
+                break
+    return out
+
+
+def assemble(out: Path, n_units: int, partial: bool = False) -> dict[str, Any]:
+    """The manifest of a dataset dir from its committed unit records (and token_counts.npy, the train split's)."""
+    build = json.loads((out / "build.json").read_text())
+    cfg = build["key"]["config"]
+    records = [json.loads(p.read_text()) for p in sorted((out / "units").glob("*.json"))]
+    splits: dict[str, Any] = {}
     for split in SPLITS:
-        shards = writers[split].close()
-        splits[split] = {**counts[split], "sequences": sum(s["sequences"] for s in shards), "shards": shards}
-    if splits["train"]["sequences"] == 0:
+        totals = Counter()
+        shards = []
+        for r in records:
+            totals.update({k: v for k, v in r[split].items() if k != "shards"})
+            shards += r[split]["shards"]
+        splits[split] = {**totals, "sequences": sum(s["sequences"] for s in shards), "shards": shards}
+    dropped, skipped, lengths = Counter(), Counter(), Counter()
+    for r in records:
+        dropped.update(r["dropped"])
+        skipped.update(r["skipped"])
+        lengths.update(r["lengths_log2"])
+    tok_path = out / "tokenizer.json"
+    vocab_size = load_tokenizer(tok_path).get_vocab_size()
+    if records:
+        token_counts = sum(np.load(out / "units" / f"{r['unit']:05d}.npy") for r in records)
+        np.save(out / "token_counts.npy", token_counts)
+    if not partial and splits["train"]["sequences"] == 0:
         raise CramlmError(
-            f"{' '.join(sources)} gave {splits['train']['tokens']} training tokens: "
-            f"not one sequence of {cfg.seq_len} (use more text or a smaller --seq-len)"
+            f"the input gave {splits['train'].get('tokens', 0)} training tokens: not one sequence of "
+            f"{cfg['seq_len']} (use more text or a smaller --seq-len)"
         )
-    np.save(out / "token_counts.npy", token_counts)
-    dropped = dict(filters.dropped)
-    dropped["compression"] = compression.dropped
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "cramlm_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "seq_len": cfg.seq_len,
+        "seq_len": cfg["seq_len"],
         "vocab_size": vocab_size,
-        "dtype": dtype.str,
-        "tokenizer": {"file": "tokenizer.json", "kind": cfg.tokenizer if not cfg.tokenizer_file else "file",
+        "dtype": token_dtype(vocab_size).str,
+        "tokenizer": {"file": "tokenizer.json", "kind": "file" if cfg["tokenizer_file"] else cfg["tokenizer"],
                       "sha256": tokenizer_hash(tok_path)},
-        "order": cfg.order,
-        "documents": sum(splits[s]["documents"] for s in SPLITS),
-        "tokens": sum(splits[s]["tokens"] for s in SPLITS),
+        "order": cfg["order"],
+        "documents": sum(splits[s].get("documents", 0) for s in SPLITS),
+        "tokens": sum(splits[s].get("tokens", 0) for s in SPLITS),
         "sequences": sum(splits[s]["sequences"] for s in SPLITS),
-        "dropped": dropped,
-        "skipped": dict(skipped),
+        "dropped": dict(sorted(dropped.items())),
+        "skipped": dict(sorted(skipped.items())),
         "splits": splits,
-        "length_histogram_log2": {str(k): v for k, v in sorted(length_hist.items())},
-        "compression_filter": compression.describe(),
-        "sources": fingerprints,
-        "config": cfg.model_dump(mode="json"),
-        "seconds": round(time.perf_counter() - start, 2),
+        "units": n_units,
+        "length_histogram_log2": dict(sorted(lengths.items(), key=lambda kv: int(kv[0]))),
+        "compression_filter": build["compression"],
+        "sources": build["key"]["sources"],
+        "config": cfg,
     }
+    if partial:
+        manifest["partial"] = {"shard": build["shard"], "units_done": [r["unit"] for r in records]}
+    return manifest
+
+
+def merge(dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
+    """Join the partial dirs of `prepare(..., shard=(i, n))` runs into one dataset dir."""
+    dirs = [Path(d) for d in dirs]
+    if not dirs:
+        raise CramlmError("--merge needs the dataset dirs written with --shard I/N")
+    builds, manifests = [], []
+    for d in dirs:
+        if not (d / "build.json").is_file() or not (d / "manifest.json").is_file():
+            raise CramlmError(f"{d} is not a finished prepare dir (no build.json / manifest.json)")
+        builds.append(json.loads((d / "build.json").read_text()))
+        manifests.append(json.loads((d / "manifest.json").read_text()))
+    first = builds[0]
+    for d, b, m in zip(dirs, builds, manifests):
+        if b["key"] != first["key"] or m["tokenizer"]["sha256"] != manifests[0]["tokenizer"]["sha256"]:
+            raise CramlmError(f"{d} was prepared from other sources, config or tokenizer than {dirs[0]}")
+    n_shards, n_units = first["shard"][1], max(m["units"] for m in manifests)
+    have = sorted(u for m in manifests for u in m.get("partial", {}).get("units_done", []))
+    if have != list(range(n_units)):
+        missing = sorted(set(range(n_units)) - set(have))
+        raise CramlmError(f"the dirs do not cover all {n_units} units of a {n_shards}-way split; missing {missing[:10]}")
+    out = Path(out_dir)
+    for name in (*SPLITS, "units"):
+        (out / name).mkdir(parents=True, exist_ok=True)
+    for d in dirs:
+        for path in [*(d / "units").iterdir(), *(p for s in SPLITS for p in (d / s).glob("*.bin"))]:
+            target = out / path.relative_to(d)
+            if not target.exists():
+                try:
+                    os.link(path, target)
+                except OSError:
+                    shutil.copyfile(path, target)
+    shutil.copyfile(dirs[0] / "tokenizer.json", out / "tokenizer.json")
+    (out / "build.json").write_text(json.dumps({**first, "shard": [0, 1]}, indent=1) + "\n")
+    manifest = assemble(out, n_units)
     write_manifest(out, manifest)
     return manifest
