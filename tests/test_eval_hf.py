@@ -61,3 +61,26 @@ def test_perplexity_equals_transformers(cli, hf_dir, tmp_path, stride):
     assert ours["details"]["tokens"] == count
     assert ours["metrics"]["token_ppl"] == pytest.approx(math.exp(nll / count), rel=1e-4)
     assert ours["metrics"]["word_ppl"] == pytest.approx(math.exp(nll / len(TEXT.split())), rel=1e-4)
+
+
+def test_glue_and_fill_mask_read_an_exported_encoder(cli, tmp_path):
+    from test_eval_glue import WORDS
+
+    tok = train_tokenizer([" ".join(WORDS + ["good", "bad"])] * 20, vocab_size=120)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    cfg = resolve_config(model="bert-crammed", overrides=[
+        "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.d_ff=64",
+        f"model.vocab_size={tok.get_vocab_size()}", "model.max_seq_len=64"]).model
+    export_model(build_model(cfg), cfg, tmp_path / "hf", tmp_path / "tokenizer.json")
+    glue = tmp_path / "glue" / "SST-2"
+    glue.mkdir(parents=True)
+    rows = "".join(f"the {w} cat\t{i % 2}\n" for i, w in enumerate(WORDS * 2))
+    for split in ("train", "dev"):
+        (glue / f"{split}.tsv").write_text("sentence\tlabel\n" + rows)
+    code, out, err = cli("eval", "glue", tmp_path / "hf", "--glue-dir", tmp_path / "glue", "--tasks", "sst2",
+                         "--epochs", "1", "--json")
+    assert code == 0, err
+    assert json.loads(out)["details"]["sst2"]["dev_examples"] == 2 * len(WORDS)
+    assert (tmp_path / "hf" / "finetuned" / "sst2" / "task.json").is_file()
+    code, out, err = cli("eval", "fill-mask", tmp_path / "hf", "the [MASK] sat")
+    assert code == 0 and out.startswith("[MASK] 1:"), err
