@@ -3,7 +3,7 @@ width/depth for (a) the crammed recipe, (b) the original-BERT recipe (post-norm,
 positions, dense head, linear decay after a 1% warm-up, LR 1e-4, 15% masking) and (c) crammed without the batch
 ramp; every model scored on the same held-out masked positions (15%, fixed seed), next to the unigram baseline.
 
-    .venv/bin/python benchmarks/quality_at_budget.py [--minutes 15] [--source-mb 24] [--work /tmp/cramlm-bench]
+    .venv/bin/python benchmarks/quality_at_budget.py [--minutes 15] [--source-mb 4] [--work /tmp/cramlm-bench]
 
 The pretraining corpora (`../shared/data/pretrain`: Wikipedia + Gutenberg) are read from the first `--source-mb`
 MB of every shard (a CPU run sees far fewer tokens than that) and prepared once into `--work`.
@@ -27,8 +27,7 @@ from cramlm.train.checkpoint import load_model
 from cramlm.train.trainer import train
 
 PRETRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "pretrain"
-SIZE = ["model.n_layers=4", "model.d_model=256", "model.n_heads=4", "model.d_ff=1024"]
-CPU = ["train.batch_size=128", "train.micro_batch_size=32", "train.val_every=1000000steps",
+CPU = ["train.batch_size=128", "train.micro_batch_size=32", "train.val_every=1000000steps", "train.val_batches=4",
        "train.checkpoint_every=1000000steps", "train.log_every=20", "budget.hardware=cpu"]
 RECIPES = {
     "crammed": ("bert-crammed", "crammed", []),
@@ -54,8 +53,10 @@ def subset(source_mb: float, out: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget of each run (default 15)")
-    ap.add_argument("--source-mb", type=float, default=24.0, help="MB read from each shard (default 24)")
+    ap.add_argument("--source-mb", type=float, default=4.0, help="MB read from each shard (default 4)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/cramlm-bench"), help="data and run dirs")
+    ap.add_argument("--layers", type=int, default=4, help="depth of every model (default 4)")
+    ap.add_argument("--width", type=int, default=256, help="d_model of every model; heads of 64, FFN 4x (default 256)")
     ap.add_argument("--recipes", nargs="*", default=list(RECIPES), help="subset of the recipes to run")
     args = ap.parse_args()
 
@@ -68,11 +69,13 @@ def main() -> None:
     ds = Dataset(data_dir)
     print(f"{ds}; torch threads {torch.get_num_threads()}; budget {args.minutes:g} min per recipe")
 
+    size = [f"model.n_layers={args.layers}", f"model.d_model={args.width}", f"model.n_heads={max(1, args.width // 64)}",
+            f"model.d_ff={4 * args.width}"]
     rows = []
     for name in args.recipes:
         model, recipe, extra = RECIPES[name]
         cfg = resolve_config(model=model, recipe=recipe,
-                             overrides=SIZE + CPU + extra + [f"budget.limit={args.minutes * 60:g}s"])
+                             overrides=size + CPU + extra + [f"budget.limit={args.minutes * 60:g}s"])
         run_dir = args.work / "runs" / f"{name.replace(' ', '').replace(',', '-')}-{time.strftime('%H%M%S')}"
         res = train(cfg, data_dir, run_dir, progress=False)
         trained, _ = load_model(run_dir)
@@ -82,7 +85,7 @@ def main() -> None:
               f"{res['tokens_per_second']:7.0f} tok/s  {res['seconds']:.0f}s", flush=True)
 
     base = unigram_loss(ds, **SCORE)
-    print(f"\n| recipe (same {args.minutes:g}-minute budget, 4x256) | held-out MLM loss @15% | vs unigram | steps "
+    print(f"\n| recipe (same {args.minutes:g}-minute budget, {args.layers}x{args.width}) | held-out MLM loss @15% | vs unigram | steps "
           f"| tokens | tokens/s | wall s |")
     print("|---|---|---|---|---|---|---|")
     for name, loss, res in rows:

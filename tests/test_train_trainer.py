@@ -164,6 +164,37 @@ def test_repeated_spikes_roll_back_and_lower_the_lr(data_dir, tmp_path, monkeypa
     assert events[0]["lr_mult"] == 0.5 and events[0]["to"].startswith("step-")
 
 
+def test_sigterm_checkpoints_and_stops_cleanly(data_dir, tmp_path, monkeypatch):
+    build = trainer_mod.build_model
+
+    class Terminates(Poisoned):
+        def forward(self, **batch):
+            if self.calls + 1 in self.bad_calls:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().forward(**batch)
+
+    monkeypatch.setattr(trainer_mod, "build_model", lambda cfg: Terminates(build(cfg), {5}, 1.0))
+    run = tmp_path / "run"
+    res = train(tiny_cfg("budget.limit=30steps", "train.batch_ramp=none", "train.batch_size=4"), data_dir, run,
+                progress=False)
+    assert res["status"] == "interrupted" and res["signal"] == "SIGTERM" and res["step"] == 5
+    assert [p.name for p in ckpt.checkpoint_dirs(run)] == ["step-5"] and not (run / "final").exists()
+    assert signal.getsignal(signal.SIGTERM) is not None and signal.getsignal(signal.SIGTERM) != signal.SIG_IGN
+    monkeypatch.setattr(trainer_mod, "build_model", lambda cfg: Poisoned(build(cfg), set(), 1.0))
+    res = train(load_run_config(run / "config.yaml"), data_dir, run, resume=True, progress=False)
+    assert res["status"] == "completed" and res["steps"] == 30
+
+
+def test_auto_ramp_follows_the_noise_scale(data_dir, tmp_path):
+    res = train(tiny_cfg("budget.limit=12steps", "train.batch_ramp=auto", "train.batch_size=32"), data_dir,
+                tmp_path / "run", progress=False)
+    records = [r for r in read_metrics(tmp_path / "run") if "noise_scale" in r]
+    assert len(records) == 12 and res["steps"] == 12
+    sizes = [r["batch_size"] for r in records]
+    assert sizes[0] == 8 and sizes == sorted(sizes) and sizes[-1] <= 32
+    assert any(r["noise_scale"] is not None and r["noise_scale"] > 0 for r in records)
+
+
 def test_cli_trains_and_resume_extends_the_budget(cli, data_dir, tmp_path):
     run = tmp_path / "run"
     code, out, err = cli("train", data_dir, "--model", "tiny", "--recipe", "demo", "--budget", "20steps",

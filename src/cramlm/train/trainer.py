@@ -45,7 +45,11 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Strategy:
-    """One process on one device. The hooks below are all the loop knows about parallelism."""
+    """One process on one device. The hooks below are all the loop knows about parallelism.
+
+    A multi-process strategy must also make the loop's stop decisions collective (budget, signals), so that every
+    rank runs the same number of micro-batches per step.
+    """
 
     rank = 0
     world_size = 1
@@ -167,6 +171,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.module = build_model(cfg.model).to(self.device)
+        self.n_params = sum(p.numel() for p in self.module.parameters())
         self.model = self.strategy.wrap(self.module)
         self.optimizer = self.strategy.build_optimizer(self.model, t)
         use_compile = self.device.type == "cuda" if t.compile == "auto" else bool(t.compile)
@@ -234,7 +239,8 @@ class Trainer:
             loss_sum += loss.detach().float()
             done += 1
             if t.batch_ramp == "auto" and i == 0 and accum > 1:
-                small_sq = _grad_sq_norm(self.module) * accum**2
+                unscale = self.scaler.get_scale() ** 2 if self.scaler else 1.0
+                small_sq = _grad_sq_norm(self.module) * accum**2 / unscale
             if not last and self._cut_short():
                 break
         if done < accum:  # the budget ran out mid-step: average over the micro-batches actually run
@@ -267,6 +273,7 @@ class Trainer:
         self.budget.add(steps=1, tokens=done * world_batch * self.seq_len)
         self.lr, self.batch_size = lr, done * world_batch
         self.train_seconds += time.perf_counter() - started
+        self._update_reserve()
 
     def _reset_window(self) -> None:
         zero = lambda: torch.zeros((), device=self.device)  # noqa: E731
@@ -300,7 +307,6 @@ class Trainer:
         self._log(record)
         self.view.update(record)
         self._check_guards(loss if ok else None, bad)
-        self._update_reserve()
         return record
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -346,8 +352,7 @@ class Trainer:
         micro_steps = self.budget.tokens / (self.micro * self.strategy.world_size * self.seq_len)
         per_micro = self.train_seconds / max(1.0, micro_steps)
         eval_s = self.eval_seconds if self.eval_seconds is not None else 0.5 * self.cfg.train.val_batches * per_micro
-        n_params = sum(p.numel() for p in self.module.parameters())
-        save_s = self.save_seconds if self.save_seconds is not None else 16 * n_params / 200e6
+        save_s = self.save_seconds if self.save_seconds is not None else 16 * self.n_params / 200e6
         self.budget.reserve = eval_s + 1.5 * save_s
 
     def cost(self, seconds: float) -> dict[str, float]:
