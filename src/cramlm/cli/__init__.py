@@ -21,7 +21,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from cramlm.cli import demo, eval as eval_, export, plan, prepare, report, train
+    from cramlm.cli import cascade, demo, eval as eval_, export, plan, prepare, report, train
 
     app.command("plan")(plan.command)
     app.command("prepare")(prepare.command)
@@ -32,6 +32,7 @@ def _register() -> None:
     app.command("export")(export.command)
     app.command("report")(report.command)
     app.command("demo")(demo.command)
+    app.add_typer(cascade.app, name="cascade")
 
 
 _register()
