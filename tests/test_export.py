@@ -97,13 +97,14 @@ def test_cli_exports_a_run_dir_with_its_tokenizer(tmp_path, cli):
 
     hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert hf_tok.mask_token_id == 4 and hf_tok.pad_token_id == 0
+    assert hf_tok.model_input_names == ["input_ids", "attention_mask"]  # ModernBERT takes no token types
     enc = hf_tok(["the lazy fox [MASK] over", "pack my box"], padding=True, return_tensors="pt")
     assert enc["input_ids"].tolist()[0] == tok.encode("the lazy fox [MASK] over").ids
     hf = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():
         keep = enc["attention_mask"].bool()
         ours = model(enc["input_ids"], attention_mask=enc["attention_mask"]).logits[keep]
-        theirs = hf(**{k: v for k, v in enc.items() if k != "token_type_ids"}).logits[keep]
+        theirs = hf(**enc).logits[keep]
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
 
     code, _, err = cli("export", run, "--to", tmp_path / "hf")

@@ -19,7 +19,11 @@ def command(
     ),
 ) -> None:
     """Export an encoder as ModernBERT or BERT and a decoder as Llama, with the exact same maths."""
+    from transformers.utils import logging as hf_logging
+
     from cramlm.export.hf import export_run
+
+    hf_logging.disable_progress_bar()
 
     if to.exists() and any(to.iterdir()) and not force:
         raise CramlmError(f"{to} is not empty (use --force to write into it)")

@@ -202,18 +202,21 @@ def export_model(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, tokeni
     out_dir = Path(out_dir)
     hf.eval().save_pretrained(out_dir)
     if tokenizer_file is not None:
-        save_tokenizer(tokenizer_file, out_dir, cfg)
+        save_tokenizer(tokenizer_file, out_dir, cfg, with_token_types=target == "bert")
     return type(hf).__name__
 
 
-def save_tokenizer(tokenizer_file: str | Path, out_dir: Path, cfg: ModelConfig) -> None:
-    """Our tokenizer.json as a PreTrainedTokenizerFast with cramlm's special tokens."""
+def save_tokenizer(tokenizer_file: str | Path, out_dir: Path, cfg: ModelConfig, with_token_types: bool) -> None:
+    """Our tokenizer.json as a PreTrainedTokenizerFast with cramlm's special tokens; `token_type_ids` only for
+    BERT, the one target whose forward takes them."""
     from transformers import PreTrainedTokenizerFast
 
     pad, unk, cls, sep, mask = SPECIAL_TOKENS
     extra = {"eos_token": sep, "bos_token": cls} if cfg.arch == "decoder" else {}
+    names = ["input_ids", "token_type_ids", "attention_mask"] if with_token_types else ["input_ids", "attention_mask"]
     tok = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), model_max_length=cfg.max_seq_len,
-                                  pad_token=pad, unk_token=unk, cls_token=cls, sep_token=sep, mask_token=mask, **extra)
+                                  pad_token=pad, unk_token=unk, cls_token=cls, sep_token=sep, mask_token=mask,
+                                  model_input_names=names, **extra)
     tok.save_pretrained(out_dir)
 
 

@@ -1,0 +1,1 @@
+"""Export cramlm models to transformers checkpoints and import them back."""
