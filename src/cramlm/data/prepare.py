@@ -17,7 +17,6 @@ the dedup hash set (16 bytes per kept document).
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -77,7 +76,9 @@ def _sample(sources: list[str], cfg: DataConfig, total_bytes: int | None) -> tup
 
 
 def _encode(tok: Any, texts: list[str]) -> list[list[int]]:
-    return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+    """Token ids only: `encode_batch_fast` skips offsets (about 2x faster than `encode_batch`)."""
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    return [e.ids for e in encode(texts, add_special_tokens=False)]
 
 
 _worker_tok = None
@@ -145,15 +146,20 @@ class _Unit:
         self.token_counts = np.zeros(vocab_size, dtype=np.int64)
         self.lengths: Counter = Counter()
 
-    def add(self, text: str, ids: list[int]) -> None:
-        split = "val" if _unit_float(text_hash(text)) < self.cfg.val_fraction else "train"
-        arr = np.asarray(ids, dtype=self.dtype)
-        self.counts[split]["documents"] += 1
-        self.counts[split]["tokens"] += len(arr)
-        self.lengths[int(math.log2(max(1, len(arr))))] += 1
-        if split == "train":
-            self.token_counts += np.bincount(arr, minlength=len(self.token_counts))
-        self.writers[split].write(self.packers[split].add(arr))
+    def add(self, texts: list[str], ids_list: list[list[int]]) -> None:
+        """Add a chunk of kept documents: split each by its hash, pack, count (token counts once per chunk)."""
+        train = []
+        for text, ids in zip(texts, ids_list):
+            split = "val" if _unit_float(text_hash(text)) < self.cfg.val_fraction else "train"
+            arr = np.asarray(ids, dtype=self.dtype)
+            self.counts[split]["documents"] += 1
+            self.counts[split]["tokens"] += len(arr)
+            self.lengths[len(arr).bit_length() - 1 if len(arr) else 0] += 1
+            if split == "train":
+                train.append(arr)
+            self.writers[split].write(self.packers[split].add(arr))
+        if train:
+            self.token_counts += np.bincount(np.concatenate(train), minlength=len(self.token_counts))
 
     def commit(self, dropped: Counter, skipped: Counter) -> dict[str, Any]:
         record: dict[str, Any] = {"unit": self.index, "dropped": dict(dropped), "skipped": dict(skipped),
@@ -275,10 +281,10 @@ def prepare(
                     n_units = unit + 1
                     continue
                 current = current or _Unit(out, unit, cfg, dtype, vocab_size)
-                for text, ids in zip(texts, ids_list):
-                    if compression.keep(len(ids), len(text)):
-                        current.add(text, ids)
-                        n_docs, n_tokens = n_docs + 1, n_tokens + len(ids)
+                kept = [(t, i) for t, i in zip(texts, ids_list) if compression.keep(len(i), len(t))]
+                if kept:
+                    current.add(*map(list, zip(*kept)))
+                    n_docs, n_tokens = n_docs + len(kept), n_tokens + sum(len(i) for _, i in kept)
                 elapsed = time.perf_counter() - start
                 bar.update(task, completed=filters.chars,
                            stats=f"{n_docs:,} docs {n_docs / elapsed:,.0f}/s {n_tokens / elapsed / 1e3:,.0f}k tok/s")
