@@ -88,11 +88,12 @@ def memory_plan(cfg: RunConfig | None, params: float, hw: Hardware, count: int, 
     }
 
 
-def calibrate(cfg: RunConfig, steps: int = 3, step_seconds: float = 0.25) -> dict[str, Any]:
+def calibrate(cfg: RunConfig, steps: int = 2, step_seconds: float = 1.0, min_micro: int = 8) -> dict[str, Any]:
     """Measure MFU on this machine: a few real AdamW steps of `cfg.model` on random tokens.
 
     The micro-batch is the recipe's, cut down so one step takes about `step_seconds` at this device's peak (a
-    CPU cannot run a 120M-parameter model at 128 x 128 tokens per step in a few seconds)."""
+    CPU cannot run a 120M-parameter model at 128 x 128 tokens per step in a few seconds), but not below
+    `min_micro` sequences: tiny matmuls would understate the MFU of a real run."""
     from cramlm.models.registry import build_model
     from cramlm.train.optim import build_optimizer
 
@@ -101,7 +102,8 @@ def calibrate(cfg: RunConfig, steps: int = 3, step_seconds: float = 0.25) -> dic
     dtype = "fp32" if device == "cpu" else local.best_dtype
     params, per_token = model_cost(cfg)
     seq = cfg.data.seq_len
-    micro = max(1, min(cfg.train.micro_batch_size, int(local.peak(dtype) * step_seconds / (per_token * seq))))
+    fitting = int(local.peak(dtype) * step_seconds / (per_token * seq))
+    micro = min(cfg.train.micro_batch_size, max(min_micro, fitting))
     torch.manual_seed(0)
     model = build_model(cfg.model).to(device).train()
     optimizer = build_optimizer(model, cfg.train)

@@ -42,8 +42,8 @@ def command(
                                             "else mlm."),
     mfu: Optional[float] = typer.Option(None, "--mfu", help="Model FLOPs utilisation, a fraction of the peak. "
                                         "Default: 0.4."),
-    calibrate: bool = typer.Option(False, "--calibrate", help="Measure the MFU by running a few real training "
-                                   "steps of the model on this machine (seconds on a CPU with a small batch)."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Measure the MFU by timing 2 real training steps "
+                                   "(after a warm-up) of the model on this machine; 10-30 s on a CPU."),
     runs: int = typer.Option(10, "--runs", help="Runs in a hyper-parameter search, for its cost line. Default: 10."),
     region: str = typer.Option("world", "--region", help="Grid carbon intensity: world, us, eu, uk, de, fr, se, "
                                "no, ca, cn, in, jp, au, or kg CO2e/kWh (0.3) or g/kWh (300g). Default: world."),
@@ -63,7 +63,7 @@ def command(
     p = planner.plan(
         hardware, count, hours=hours, usd=usd, flops=_count(flops, "--flops"), params=_count(params, "--params"),
         tokens=_count(tokens, "--tokens"), model=model, objective=objective, mfu=mfu,
-        calibrate_steps=3 if calibrate else 0, runs=runs, region=region, pue=pue,
+        calibrate_steps=2 if calibrate else 0, runs=runs, region=region, pue=pue,
     )
     if write_config is not None:
         planner.plan_config(p).save(write_config)
