@@ -226,3 +226,15 @@ def test_near_duplicates_and_compression_filter(tmp_path):
     m = prepare([str(tmp_path / "a.txt")], tmp_path / "ds", cfg, progress=False)
     assert m["dropped"].get("near_duplicate") == 1
     assert m["dropped"].get("compression") == 1 and m["compression_filter"]["active"]
+
+
+def test_frequency_order_puts_common_tokens_first(dataset_dir, tmp_path):
+    cfg = CFG.model_copy(update={"order": "frequency", "tokenizer_file": str(dataset_dir / "ds" / "tokenizer.json")})
+    prepare([str(dataset_dir / "src")], tmp_path / "ds", cfg, progress=False)
+    ds = Dataset(tmp_path / "ds")
+    loader = BatchLoader(ds, objective="causal")
+    counts = np.load(tmp_path / "ds" / "token_counts.npy") + 1.0
+    logp = np.log(counts / counts.sum())
+    scores = [logp[row].mean() for row in loader.next_batch(len(loader))["input_ids"].numpy()]
+    assert all(a >= b - 1e-5 for a, b in zip(scores, scores[1:])) and scores[0] > scores[-1] + 0.1
+    assert torch.equal(loader.next_batch(5)["input_ids"], BatchLoader(ds, objective="causal").next_batch(5)["input_ids"])

@@ -27,7 +27,8 @@ N_SPECIAL = len(SPECIAL_TOKENS)
 
 
 class BatchLoader:
-    """Endless batches of `n` sequences: shuffled per epoch (unless the dataset has a fixed order), sharded by rank."""
+    """Endless batches of `n` sequences, sharded by rank, in the dataset's `order`: shuffled per epoch by seed,
+    sorted by token frequency (Cramming), or as stored (`none`)."""
 
     def __init__(
         self,
@@ -55,7 +56,8 @@ class BatchLoader:
             raise CramlmError(
                 f"the {split} split has {len(self.data)} sequences: too few for {world_size} rank(s)"
             )
-        self.shuffle = dataset.manifest.get("order", "shuffle") == "shuffle"
+        self.order = dataset.manifest.get("order", "shuffle")
+        self.root = dataset.root
         self.k = max(1, round(mask_rate * self.seq_len))
         self.word_start = (
             np.array(word_starts(load_tokenizer(dataset.tokenizer_path)), dtype=np.int64) if whole_word_mask else None
@@ -76,10 +78,24 @@ class BatchLoader:
         cached = self._order
         if cached is None or cached[0] != epoch:
             n = self.per_rank * self.world_size
-            order = (np.random.default_rng([self.seed, epoch]).permutation(len(self.data))[:n]
-                     if self.shuffle else np.arange(n))
-            cached = self._order = (epoch, order[self.rank::self.world_size])
+            if self.order == "shuffle":
+                order = np.random.default_rng([self.seed, epoch]).permutation(len(self.data))
+            elif self.order == "frequency":
+                order = self._frequency_order()
+            else:
+                order = np.arange(len(self.data))
+            cached = self._order = (epoch, order[:n][self.rank::self.world_size])
         return cached[1]
+
+    def _frequency_order(self) -> np.ndarray:
+        """Cramming's ordering: sequences made of the most frequent tokens first (mean unigram log-probability
+        under the train split's token counts, highest first; ties keep file order). The same every epoch."""
+        counts = np.load(self.root / "token_counts.npy").astype(np.float64) + 1.0
+        logp = np.log(counts / counts.sum()).astype(np.float32)
+        step = 1 << 16
+        scores = np.concatenate([logp[np.asarray(self.data[i:i + step])].mean(axis=1)
+                                 for i in range(0, len(self.data), step)])
+        return np.argsort(-scores, kind="stable")
 
     def _take(self, n: int, epoch: int, cursor: int) -> tuple[np.ndarray, int, int]:
         """The n row indices of this rank from (epoch, cursor) on, rolling over epochs; and the position after."""
