@@ -280,6 +280,14 @@ def plan_config(p: dict[str, Any]) -> RunConfig:
     return resolve_config(base=cfg.model_dump(mode="json"), overrides=overrides)
 
 
+def _usd(x: float) -> str:
+    return f"${x:,.2f}" if x >= 1 else f"${x:.3g}"
+
+
+def _amount(x: float) -> str:
+    return f"{x:,.1f}" if x >= 100 else f"{x:.3g}"
+
+
 def format_plan(p: dict[str, Any]) -> str:
     """The plan as aligned text lines for the terminal."""
     from cramlm.units import format_count as n, format_seconds
@@ -289,6 +297,8 @@ def format_plan(p: dict[str, Any]) -> str:
     if p["calibration"]:
         c = p["calibration"]
         mfu_note += f" on {c['device']} ({c['dtype']}, {n(c['tokens_per_s'])} tokens/s)"
+        if c["device"] != hw["name"]:
+            mfu_note += f"; measured here, not on {hw['name']}"
     fits = mem["fits"]
     fit_text = (f"{fits['strategy']} at micro-batch {fits['micro_batch_size']}" if fits["strategy"]
                 else "nothing, even at micro-batch 1")
@@ -308,10 +318,10 @@ def format_plan(p: dict[str, Any]) -> str:
                   f"{p['predicted_loss']:.3f}"),
         ("recommended", f"--model {p['recommended_preset']}"),
         ("time", f"{format_seconds(p['hours'] * 3600)} wall-clock, {p['gpu_hours']:.1f} device-hours"),
-        ("cost", f"${p['cost_usd']:,.2f}, {p['energy_kwh']:,.1f} kWh, {p['co2_kg']:,.1f} kg CO2e "
+        ("cost", f"{_usd(p['cost_usd'])}, {_amount(p['energy_kwh'])} kWh, {_amount(p['co2_kg'])} kg CO2e "
                  f"(region {p['region']}, PUE {p['pue']})"),
-        ("hp search", f"{hs['runs']} runs: ${hs['cost_usd']:,.2f}, {hs['energy_kwh']:,.0f} kWh, "
-                      f"{hs['co2_kg']:,.1f} kg CO2e"),
+        ("hp search", f"{hs['runs']} runs: {_usd(hs['cost_usd'])}, {_amount(hs['energy_kwh'])} kWh, "
+                      f"{_amount(hs['co2_kg'])} kg CO2e"),
         ("memory GB/device", gb + ("" if mem["activations"] else " (model states only)")),
         ("fits", f"{fit_text} on {hw['memory_gb']:.0f} GB"),
     ]
