@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from cramlm.budget import memory, scaling
-from cramlm.budget.cost import run_cost
+from cramlm.budget.cost import grid_intensity, run_cost
 from cramlm.budget.flops import flops_per_token, param_counts
 from cramlm.budget.hardware import Hardware, detect, resolve
 from cramlm.config import RunConfig, list_presets, resolve_config
@@ -37,10 +37,13 @@ def run_config(model: str, objective: str | None = None) -> RunConfig:
     return cfg
 
 
+def _mask_rate(cfg: RunConfig) -> float | None:
+    return cfg.train.mask_rate if cfg.model.arch == "encoder" else None
+
+
 def model_cost(cfg: RunConfig) -> tuple[int, float]:
     """(total parameters, training FLOPs per token) of a run config, counted by `flops.py`."""
-    mask = cfg.train.mask_rate if cfg.model.arch == "encoder" else None
-    return param_counts(cfg.model)["total"], flops_per_token(cfg.model, cfg.data.seq_len, mask)
+    return param_counts(cfg.model)["total"], flops_per_token(cfg.model, cfg.data.seq_len, _mask_rate(cfg))
 
 
 def recommend_preset(params: float, objective: str) -> str:
@@ -65,8 +68,7 @@ def memory_plan(cfg: RunConfig | None, params: float, hw: Hardware, count: int, 
     def per_device(micro: int) -> dict[str, float]:
         act = 0.0
         if cfg is not None:
-            mask = cfg.train.mask_rate if cfg.model.arch == "encoder" else None
-            act = memory.activation_bytes(cfg.model, micro, cfg.data.seq_len, mask, mixed)
+            act = memory.activation_bytes(cfg.model, micro, cfg.data.seq_len, _mask_rate(cfg), mixed)
         return memory.memory_per_device(params, count, act, mixed)
 
     micro = cfg.train.micro_batch_size if cfg is not None else 1
@@ -100,7 +102,7 @@ def calibrate(cfg: RunConfig, steps: int = 2, step_seconds: float = 1.0, min_mic
     local = detect()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = "fp32" if device == "cpu" else local.best_dtype
-    params, per_token = model_cost(cfg)
+    _, per_token = model_cost(cfg)
     seq = cfg.data.seq_len
     fitting = int(local.peak(dtype) * step_seconds / (per_token * seq))
     micro = min(cfg.train.micro_batch_size, max(min_micro, fitting))
@@ -128,6 +130,9 @@ def calibrate(cfg: RunConfig, steps: int = 2, step_seconds: float = 1.0, min_mic
 
 
 def _random_batch(cfg: RunConfig, n: int, device: str) -> dict[str, torch.Tensor]:
+    """Random tokens shaped like the loader's batches (MLM: k masked positions per row, static shapes)."""
+    from cramlm.data.tokenizer import MASK_ID
+
     seq, vocab = cfg.data.seq_len, cfg.model.vocab_size
     ids = torch.randint(5, vocab, (n, seq), device=device)
     if cfg.model.arch == "decoder":
@@ -135,7 +140,7 @@ def _random_batch(cfg: RunConfig, n: int, device: str) -> dict[str, torch.Tensor
     k = max(1, round(cfg.train.mask_rate * seq))
     positions = torch.rand(n, seq, device=device).argsort(dim=1)[:, :k].sort(dim=1).values
     labels = torch.full_like(ids, -100).scatter(1, positions, ids.gather(1, positions))
-    return {"input_ids": ids.scatter(1, positions, 4), "labels": labels, "mask_positions": positions}
+    return {"input_ids": ids.scatter(1, positions, MASK_ID), "labels": labels, "mask_positions": positions}
 
 
 def plan(
@@ -163,6 +168,7 @@ def plan(
     if objective is not None and objective not in OBJECTIVES:
         raise CramlmError(f"--objective must be mlm or causal (got {objective!r})")
 
+    grid_intensity(region)  # a bad region fails now, not after a calibration
     hw = resolve(hardware)
     dtype = "fp32" if hw.name == "cpu" else hw.best_dtype
     cfg = run_config(model, objective) if model else None
@@ -195,11 +201,11 @@ def plan(
             raise CramlmError("give --mfu or --calibrate, not both")
         if params is not None:
             raise CramlmError("--calibrate runs a real model: give --model instead of --params")
-        if cfg is None:  # calibrate the preset the default MFU would recommend
+        target = cfg
+        if target is None:  # calibrate the preset the default MFU would recommend
             seconds, _ = spend(peak * DEFAULT_MFU)
-            cfg_calibrated = run_config(recommend_preset(scaling.compute_optimal(peak * DEFAULT_MFU * seconds)[0],
-                                                         objective))
-        calibration = calibrate(cfg or cfg_calibrated, calibrate_steps)
+            target = run_config(recommend_preset(scaling.compute_optimal(peak * DEFAULT_MFU * seconds)[0], objective))
+        calibration = calibrate(target, calibrate_steps)
         mfu = calibration["mfu"]
     mfu_source = "calibrated" if calibration else ("given" if mfu is not None else "assumed")
     mfu = mfu if mfu is not None else DEFAULT_MFU
@@ -218,12 +224,10 @@ def plan(
     equivalent_tokens = flops / (6.0 * run_params)
 
     cost = run_cost(seconds, hw, count, pue, region)
-    mixed = dtype != "fp32"
-    mem = memory_plan(cfg, run_params, hw, count, mixed)
+    mem = memory_plan(cfg, run_params, hw, count, mixed=dtype != "fp32")
     return {
         "hardware": {"name": hw.name, "description": hw.description, "measured": hw.measured, "count": count,
-                     "dtype": dtype,
-                     "peak_flops_per_s": hw.peak(dtype), "memory_gb": hw.memory_gb,
+                     "dtype": dtype, "peak_flops_per_s": hw.peak(dtype), "memory_gb": hw.memory_gb,
                      "usd_per_hour": hw.usd_per_hour, "tdp_watts": hw.tdp_watts},
         "budget": budget,
         "mfu": mfu,
