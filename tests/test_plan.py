@@ -90,6 +90,7 @@ def test_text_output_and_hardware_list(cli):
     for label in ("chinchilla", "fitted optimum", "recommended", "cost", "hp search", "memory GB/device", "fits"):
         assert label in out
     assert "$60.00" in out  # 24 h x 2.50 $/h
+    assert "4.4x fewer parameters than the optimum" in out  # 534M optimal vs the 120M preset
     code, out, _ = cli("plan", "--list-hardware")
     assert code == 0 and all(n in out for n in ("v100", "rtx2080ti", "h100-sxm", "b200", "tpu-v4"))
     code, out, _ = cli("plan", "--list-hardware", "--json")

@@ -318,7 +318,7 @@ def format_plan(p: dict[str, Any]) -> str:
         ("  fitted optimum", f"{n(ch['fitted']['params'])} params x {n(ch['fitted']['tokens'])} tokens, "
                              f"loss {ch['fitted']['loss']:.3f}"),
         ("model", f"{p['model']} ({p['objective']}): {n(p['params'])} params, {n(p['flops_per_token'])}FLOPs/token "
-                  f"-> {n(p['tokens'])} tokens ({p['tokens_per_param']:.1f} tokens/param), fitted loss "
+                  f"-> {n(p['tokens'])} tokens ({p['tokens_per_param']:.3g} tokens/param), fitted loss "
                   f"{p['predicted_loss']:.3f}"),
         ("recommended", f"--model {p['recommended_preset']}"),
         ("time", f"{format_seconds(p['hours'] * 3600)} wall-clock, {p['gpu_hours']:.1f} device-hours"),
@@ -329,6 +329,12 @@ def format_plan(p: dict[str, Any]) -> str:
         ("memory GB/device", gb + ("" if mem["activations"] else " (model states only)")),
         ("fits", f"{fit_text} on {hw['memory_gb']:.0f} GB"),
     ]
+    ratio = ch["params"] / p["params"]
+    if not 0.5 <= ratio <= 2:
+        side = "fewer" if ratio > 1 else "more"
+        rows.insert(7, ("note", f"{p['model']} has {max(ratio, 1 / ratio):.1f}x {side} parameters than the optimum: "
+                                f"the budget buys {'more' if ratio > 1 else 'fewer'} tokens per parameter than "
+                                "compute-optimal"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
