@@ -16,8 +16,9 @@ method below is a no-op, so the trainer has one code path. `wrap` applies `train
 Every rank builds the same model from the same seed; the global batch is split over the data-parallel ranks, so
 the optimizer sees the same batch whatever the world size. Decisions that depend on a clock (stop, checkpoint,
 validate) are made by rank 0 and broadcast (`agree`), so that no rank runs past the budget or waits forever in a
-collective the others skipped. Checkpoints are `torch.distributed.checkpoint` directories keyed by parameter name,
-which any world size and strategy can load.
+collective the others skipped. `DistributedStrategy` plugs all this into the trainer; its checkpoints gather full
+tensors in the single-process format. `Distributed.save`/`load` write sharded `torch.distributed.checkpoint`
+directories keyed by parameter name instead, which any world size and strategy can load.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +77,8 @@ def pick_device(name: str, local_rank: int) -> torch.device:
 def resolve_strategy(strategy: str, world_size: int, tp_size: int) -> str:
     """`auto` is DDP on several processes (TP when `tp_size` > 1); one process is always `single`."""
     if strategy == "deepspeed":
-        raise CramlmError("train.strategy=deepspeed needs the optional extra: pip install 'cramlm[deepspeed]'")
+        raise CramlmError("train.strategy=deepspeed is not implemented: use zero1, or fsdp (ZeRO-2/3 by "
+                          "train.fsdp.reshard_after_forward, offload by train.fsdp.cpu_offload)")
     if world_size == 1:
         return "single"
     if strategy == "auto":
@@ -418,6 +421,9 @@ class DistributedStrategy(Strategy):
     rank 0. Checkpoints hold full tensors in the single-process format, so any world size resumes them."""
 
     def __init__(self, d: Distributed, cfg: Any):
+        if cfg.batch_ramp == "auto" and d.strategy not in ("single", "ddp", "zero1"):
+            raise CramlmError(f"train.batch_ramp=auto reads one rank's whole micro-batch gradient, which "
+                              f"{d.strategy} shards: use ddp or zero1, or batch_ramp=linear")
         super().__init__(d.device)
         self.dist, self.cfg = d, cfg
         self.rank, self.world_size = d.dp_rank, d.dp_size
@@ -507,3 +513,9 @@ class DistributedStrategy(Strategy):
             g["weight_decay"] = state["param_groups"][group_of[g["params"][0]]]["weight_decay"]
         set_optimizer_state_dict(_unwrap(model), optimizer, {"state": by_name, "param_groups": groups},
                                  options=StateDictOptions(full_state_dict=True))
+
+
+def torchrun_command(nproc: int, args: list[str]) -> list[str]:
+    """The torchrun line that runs `cramlm train ARGS` as `nproc` processes on this machine."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "cramlm.train", *args]
