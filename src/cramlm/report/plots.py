@@ -127,7 +127,7 @@ def loss_figure(runs: list[Run]) -> Figure:
         color = f"C{i % 10}"
         for ax, key, scale in zip(axes, ("seconds", "tokens", "flops"), (1 / 3600, 1.0, 1.0)):
             x, y = run.pairs(key, "loss")
-            ax.plot(x * scale, y, color=color, label=run.name)
+            ax.plot(x * scale, y, ".-", color=color, markersize=4, label=run.name)  # dots: one-record runs show
             vx, vy = run.pairs(key, "val_loss", run.vals_with(key))
             ax.plot(vx * scale, vy, "o", color=color, markersize=4)
     for ax, label in zip(axes, ("wall-clock (hours)", "tokens", "training FLOPs")):
@@ -147,7 +147,7 @@ def progress_figure(runs: list[Run], keys: tuple[str, ...], labels: tuple[str, .
     for i, run in enumerate(runs):
         for ax, key, pct in zip(axes, keys, percent or (False,) * len(keys)):
             p, v = run.pairs("progress", key)
-            ax.plot(100 * p, 100 * v if pct else v, color=f"C{i % 10}", label=run.name)
+            ax.plot(100 * p, 100 * v if pct else v, ".-", color=f"C{i % 10}", markersize=4, label=run.name)
     for ax, label in zip(axes, labels):
         ax.set_xlabel("budget progress (%)")
         ax.set_ylabel(label)
