@@ -42,7 +42,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         r = train(cfg, data, Path(tmp) / "run", progress=False)
 
-    rows = [("seconds", p["hours"] * 3600, r["seconds"]), ("tokens", p["tokens"], r["tokens"]), ("FLOPs", p["flops"], r["flops"]),
+    rows = [("seconds", p["hours"] * 3600, r["seconds"]), ("tokens", p["tokens"], r["tokens"]),
+            ("FLOPs", p["flops"], r["flops"]),
             ("MFU", p["mfu"], r["mfu"]), ("tokens/s", p["tokens"] / (p["hours"] * 3600), r["tokens_per_second"]),
             ("USD", p["cost_usd"], r["cost"]["usd"]), ("kWh", p["energy_kwh"], r["cost"]["kwh"])]
     print(f"model {args.model}, budget {args.seconds:g}s on {p['hardware']['name']} "

@@ -67,6 +67,7 @@ def memory_per_device(params: float, n_devices: int = 1, activations: float = 0.
     return {s: (model_state_bytes(params, s, n_devices, mixed_precision) + activations) / GB for s in STRATEGIES}
 
 
-def first_fit(per_device_gb: dict[str, float], device_gb: float, strategies: tuple[str, ...] = STRATEGIES) -> str | None:
+def first_fit(per_device_gb: dict[str, float], device_gb: float,
+              strategies: tuple[str, ...] = STRATEGIES) -> str | None:
     """The simplest strategy (DDP first, offload last) that fits the device with headroom; None if none does."""
     return next((s for s in strategies if per_device_gb[s] <= device_gb * HEADROOM), None)

@@ -359,4 +359,5 @@ def format_hardware_table(rows: list[dict[str, Any]]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
             for line in lines]
-    return "\n".join(text) + "\n(peak dense TFLOP/s per dtype; cpu: measured on this host; edit with CRAMLM_HARDWARE=file.yaml)"
+    note = "(peak dense TFLOP/s per dtype; cpu: measured on this host; edit with CRAMLM_HARDWARE=file.yaml)"
+    return "\n".join(text + [note])
