@@ -376,14 +376,20 @@ def evaluate_glue(
                                   "train_examples": len(train), "dev_examples": len(d), "seconds": time.time() - t0}
                 metrics[entry] = 100 * summary[task.main]["mean"]
             console.log(f"{task.name}: " + ", ".join(f"{e} {metrics[e]:.1f}" for e in details if e.startswith(task.name)))
-    averaged = [e for e in metrics if details[e]["task"] not in AVERAGE_EXCLUDES]
-    if averaged:
-        metrics = {"glue": float(np.mean([metrics[e] for e in averaged])), **metrics}
-    settings = {"glue_dir": str(glue_dir), "tasks": [t.name for t in task_list], "averaged": averaged,
-                "max_seq_len": max_len, "device": str(device), **ev.model_dump(mode="json")}
-    result = Result("glue", str(model_dir), metrics, details, settings, time.time() - start)
-    result.write(model_dir)
+            result = _result(model_dir, glue_dir, task_list, metrics, details, ev, max_len, device, start)
+            result.write(model_dir)  # after every task: a long run cut short keeps what it finished
     return result
+
+
+def _result(model_dir, glue_dir, task_list: list[Task], metrics: dict, details: dict, ev, max_len: int,
+            device: torch.device, start: float) -> Result:
+    """The GLUE result so far: the average covers the dev sets done, WNLI excluded."""
+    averaged = [e for e in metrics if details[e]["task"] not in AVERAGE_EXCLUDES]
+    headline = {"glue": float(np.mean([metrics[e] for e in averaged]))} if averaged else {}
+    settings = {"glue_dir": str(glue_dir), "tasks": [t.name for t in task_list], "done": sorted({d["task"] for d in
+                details.values()}), "averaged": averaged, "max_seq_len": max_len, "device": str(device),
+                **ev.model_dump(mode="json")}
+    return Result("glue", str(model_dir), {**headline, **metrics}, details, settings, time.time() - start)
 
 
 def _stats(values: list[float]) -> dict:
