@@ -238,3 +238,22 @@ def test_frequency_order_puts_common_tokens_first(dataset_dir, tmp_path):
     scores = [logp[row].mean() for row in loader.next_batch(len(loader))["input_ids"].numpy()]
     assert all(a >= b - 1e-5 for a, b in zip(scores, scores[1:])) and scores[0] > scores[-1] + 0.1
     assert torch.equal(loader.next_batch(5)["input_ids"], BatchLoader(ds, objective="causal").next_batch(5)["input_ids"])
+
+
+def test_cluster_pruning_keeps_the_hard_fraction(dataset_dir, tmp_path):
+    from cramlm.config import PruneConfig
+    from cramlm.data.prune import ClusterPruner
+
+    rng = random.Random(1)
+    common = [" ".join(rng.choice(WORDS[:8]) for _ in range(30)) for _ in range(90)]
+    odd = [" ".join(f"w{rng.randint(0, 10**6)}x" for _ in range(30)) for _ in range(10)]
+    pruner = ClusterPruner(PruneConfig(method="cluster", keep=0.5, n_clusters=4)).fit(common + odd)
+    scores = pruner.scores(common + odd)
+    assert scores[90:].mean() > scores[:90].mean()  # atypical documents score as hard
+    kept = pruner.keep(common + odd)
+    assert 35 <= len(kept) <= 65 and pruner.dropped == 100 - len(kept)
+    assert sum(t in odd for t in kept) >= 8
+    cfg = CFG.model_copy(update={"prune": PruneConfig(method="cluster", keep=0.7, n_clusters=4),
+                                 "tokenizer_file": str(dataset_dir / "ds" / "tokenizer.json")})
+    m = prepare([str(dataset_dir / "src")], tmp_path / "ds", cfg, progress=False)
+    assert 0.2 * 400 <= m["dropped"]["pruned"] <= 0.4 * 400 and m["documents"] == 400 - m["dropped"]["pruned"]

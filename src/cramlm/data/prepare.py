@@ -31,6 +31,7 @@ import numpy as np
 from cramlm import __version__
 from cramlm.config import DataConfig
 from cramlm.data.filters import CompressionFilter, TextFilters, text_hash
+from cramlm.data.prune import ClusterPruner
 from cramlm.data.sources import check_sources, fingerprint, iter_documents, source_bytes
 from cramlm.data.store import FORMAT, FORMAT_VERSION, SPLITS, Packer, ShardWriter, token_dtype, write_manifest
 from cramlm.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_hash, train_tokenizer
@@ -41,6 +42,8 @@ CHUNK_CHARS = 4_000_000
 MB = 1_000_000
 TOKENS_PER_CHAR_GUESS = 0.3  # sizes units so that a unit's shard is about shard_mb
 PROBE_DOCS = 2000
+PRUNE_DOCS = 5000
+PRUNE_SAMPLE_MB = 20
 
 
 def _unit_float(key: bytes) -> float:
@@ -256,6 +259,11 @@ def prepare(
             (out / "units").mkdir()
             build = {"key": key, "shard": [index, n_shards], "compression": compression.describe()}
             build_path.write_text(json.dumps(build, indent=1) + "\n")
+        pruner = None
+        if cfg.prune.method != "none":  # refitted on resume: the sample and the fit are deterministic
+            task = bar.add_task("prune", total=None, stats=f"fitting {cfg.prune.method} scorer")
+            pruner = ClusterPruner(cfg.prune).fit(_spread_sample(sources, cfg, PRUNE_DOCS, total_bytes))
+            bar.update(task, total=1, completed=1, stats=f"keeping {cfg.prune.keep:.0%}")
         vocab_size = tok.get_vocab_size()
         dtype = token_dtype(vocab_size)
         unit_chars = cfg.shard_mb * MB / (dtype.itemsize * TOKENS_PER_CHAR_GUESS)
@@ -271,9 +279,13 @@ def prepare(
         n_units = 0
         n_docs = n_tokens = 0
         try:
-            for unit, texts, ids_list in _encoded(_work(docs, filters, unit_chars, todo), tok, pool, 2 * workers):
+            work = _work(docs, filters, unit_chars, todo)
+            if pruner is not None:
+                work = ((u, t if t is None else pruner.keep(t)) for u, t in work)
+            for unit, texts, ids_list in _encoded(work, tok, pool, 2 * workers):
                 if texts is None:  # end of a unit: commit it if it was ours
-                    dropped_now = filters.dropped + Counter({"compression": compression.dropped})
+                    dropped_now = filters.dropped + Counter(
+                        {"compression": compression.dropped, "pruned": pruner.dropped if pruner else 0})
                     if todo(unit):
                         (current or _Unit(out, unit, cfg, dtype, vocab_size)).commit(
                             dropped_now - dropped_before, skipped - skipped_before)
@@ -296,6 +308,19 @@ def prepare(
     manifest["seconds"] = round(time.perf_counter() - start, 2)
     write_manifest(out, manifest)
     return manifest
+
+
+def _spread_sample(sources: list[str], cfg: DataConfig, n: int, total_bytes: int | None) -> list[str]:
+    """Up to n usable documents drawn by hash across the whole input (the pruning scorer's fitting sample)."""
+    rate = 1.0 if not total_bytes else min(1.0, PRUNE_SAMPLE_MB * MB / total_bytes)
+    probe = TextFilters(cfg, dedup=False)
+    out: list[str] = []
+    for text in _all_documents(sources, cfg.text_field, Counter()):
+        if probe.reason(text) is None and (rate == 1.0 or _unit_float(text_hash(text)) < rate):
+            out.append(text)
+            if len(out) >= n:
+                break
+    return out
 
 
 def _first_documents(sources: list[str], cfg: DataConfig, n: int) -> list[str]:
@@ -358,6 +383,7 @@ def assemble(out: Path, n_units: int, partial: bool = False) -> dict[str, Any]:
         "units": n_units,
         "length_histogram_log2": dict(sorted(lengths.items(), key=lambda kv: int(kv[0]))),
         "compression_filter": build["compression"],
+        "prune": cfg["prune"],
         "sources": build["key"]["sources"],
         "config": cfg,
     }
