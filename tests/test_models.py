@@ -29,9 +29,11 @@ def test_build_model_picks_the_architecture():
     assert len(build_model(small("tiny")).blocks) == 2
 
 
-def test_odd_gated_width_is_a_clear_error():
+def test_bad_shapes_are_clear_errors():
     with pytest.raises(CramlmError, match="d_ff"):
         build_model(small("bert-crammed", d_ff=63))
+    with pytest.raises(CramlmError, match="max_seq_len=16"):
+        build_model(small("bert-crammed"))(torch.zeros(1, 17, dtype=torch.long))
 
 
 def test_sparse_head_matches_dense_head_on_masked_positions():

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cramlm.config import ModelConfig
+from cramlm.errors import CramlmError
 
 
 @dataclass
@@ -160,8 +161,8 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """One transformer block, pre- or post-norm; the feed-forward may be a mixture of experts.
 
-    Pre-norm blocks right after a normalised embedding skip their first norm (as ModernBERT does): normalising
-    twice in a row adds parameters and no expressiveness.
+    Pre-norm blocks right after a normalised embedding skip their first norm (as ModernBERT does): a second norm
+    in a row would only re-normalise an already normalised input.
     """
 
     def __init__(self, cfg: ModelConfig, index: int):
@@ -212,7 +213,7 @@ class Trunk(nn.Module):
         """Returns (hidden states, summed MoE aux loss or None, metrics)."""
         L = input_ids.shape[1]
         if L > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {L} exceeds max_seq_len {self.cfg.max_seq_len}")
+            raise CramlmError(f"sequence length {L} exceeds model.max_seq_len={self.cfg.max_seq_len}")
         mask = attention_bias_mask(attention_mask, causal, L)
         rope = self.rotary(L) if self.rotary is not None else None
         x = self.embed(input_ids)
