@@ -1,10 +1,11 @@
 """Exact training FLOPs per token and parameter counts for any `ModelConfig`.
 
 One function feeds the trainer's MFU and the planner, so it counts what the kernels execute: every matmul (2 FLOPs
-per multiply-add), attention scores and values over the full sequence, the MLM head only on the masked positions
-when the head is sparse, and for a mixture of experts the router plus the expert capacity actually run
-(capacity_factor x top_k expert FFNs per token, not all experts). Norms, activations and softmax are left out,
-as PyTorch's FlopCounterMode leaves them out. Backward costs twice the forward.
+per multiply-add), attention scores and values over the full sequence (also for causal models, as FlopCounterMode
+and the PaLM MFU convention count them), the MLM head only on the masked positions when the head is sparse, and
+for a mixture of experts the router plus the expert capacity actually run (capacity_factor x top_k expert FFNs
+per token, not all experts). Norms, activations and softmax are left out, as FlopCounterMode leaves them out.
+Backward costs twice the forward.
 """
 
 from __future__ import annotations
