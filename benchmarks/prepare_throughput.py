@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -88,14 +87,15 @@ def bench_loader(tmp: Path) -> None:
 
 
 CHILD = """
-import json, resource, sys, time
+import json, re, sys, time
+from pathlib import Path
 from cramlm.config import DataConfig
 from cramlm.data.prepare import prepare
 cfg = DataConfig(dedup=False, tokenizer_file=sys.argv[3])
 start = time.perf_counter()
 m = prepare([sys.argv[1]], sys.argv[2], cfg, progress=False)
-print(json.dumps({"seconds": time.perf_counter() - start, "tokens": m["tokens"],
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+hwm = re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text())  # this process's peak, not its parent's
+print(json.dumps({"seconds": time.perf_counter() - start, "tokens": m["tokens"], "rss_mb": int(hwm.group(1)) / 1024}))
 """
 
 
@@ -129,7 +129,6 @@ def main() -> None:
         bench_loader(tmp)
         if args.copies:
             bench_memory(args.data, tmp, args.copies)
-    print(f"\nself peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
 if __name__ == "__main__":

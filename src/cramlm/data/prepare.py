@@ -30,7 +30,7 @@ import numpy as np
 
 from cramlm import __version__
 from cramlm.config import DataConfig
-from cramlm.data.filters import CompressionFilter, TextFilters, text_hash
+from cramlm.data.filters import CompressionFilter, TextFilters, raw_hash, text_hash
 from cramlm.data.prune import ClusterPruner
 from cramlm.data.sources import check_sources, fingerprint, iter_documents, source_bytes
 from cramlm.data.store import FORMAT, FORMAT_VERSION, SPLITS, Packer, ShardWriter, token_dtype, write_manifest
@@ -153,7 +153,7 @@ class _Unit:
         """Add a chunk of kept documents: split each by its hash, pack, count (token counts once per chunk)."""
         train = []
         for text, ids in zip(texts, ids_list):
-            split = "val" if _unit_float(text_hash(text)) < self.cfg.val_fraction else "train"
+            split = "val" if _unit_float(raw_hash(text)) < self.cfg.val_fraction else "train"
             arr = np.asarray(ids, dtype=self.dtype)
             self.counts[split]["documents"] += 1
             self.counts[split]["tokens"] += len(arr)
