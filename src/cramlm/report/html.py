@@ -62,9 +62,9 @@ def run_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
             _num(r.train.get("train_loss", last.get("loss"))),
             _num(r.final_loss),
             *(_eval_text(r.evals[name]) if name in r.evals else "-" for name in eval_names),
-            _num(r.cost.get("usd", last.get("usd")), ".3f"),
-            _num(r.cost.get("kwh"), ".3f"),
-            _num(r.cost.get("co2_kg", last.get("co2_kg")), ".4f"),
+            _num(r.cost.get("usd", last.get("usd")), ".3g"),
+            _num(r.cost.get("kwh"), ".3g"),
+            _num(r.cost.get("co2_kg", last.get("co2_kg")), ".3g"),
         ])
     return header, rows
 
