@@ -107,3 +107,11 @@ def test_fingerprint_names_files_sizes_and_mtimes(tmp_path):
     fp = fingerprint(str(tmp_path))
     assert fp["files"][0]["bytes"] == 5 and fp["files"][0]["path"].endswith("a.txt") and "mtime" in fp["files"][0]
     assert "python" in fingerprint("python-docs")
+
+
+def test_saved_hugging_face_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"body": PARAS}).save_to_disk(str(tmp_path / "hf"))
+    assert docs(tmp_path / "hf", text_field="body") == PARAS
+    with pytest.raises(CramlmError, match="no column 'text'"):
+        docs(tmp_path / "hf")
