@@ -108,8 +108,8 @@ def bench_memory(data: Path, tmp: Path, copies: list[int]) -> None:
         with open(src, "wb") as f:
             for _ in range(k):
                 f.write(text)
-        out = subprocess.run([sys.executable, "-c", CHILD, str(src), str(tmp / f"m{k}"), str(tmp / "a" / "tokenizer.json")],
-                             capture_output=True, text=True, check=True)
+        cmd = [sys.executable, "-c", CHILD, str(src), str(tmp / f"m{k}"), str(tmp / "a" / "tokenizer.json")]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         mb = src.stat().st_size / 1e6
         print(f"{k:6d} {mb:7.1f} {r['seconds']:8.1f} {r['seconds'] / mb:9.3f} {r['rss_mb']:12.0f}")

@@ -189,7 +189,8 @@ def test_resume_skips_finished_units_and_matches(dataset_dir, tmp_path):
     again = prepare(src, part, cfg, progress=False)
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # finished units were not rewritten
     assert _files(part) == _files(tmp_path / "full")
-    assert {k: again[k] for k in ("documents", "tokens", "dropped")} == {k: full[k] for k in ("documents", "tokens", "dropped")}
+    keys = ("documents", "tokens", "dropped")
+    assert {k: again[k] for k in keys} == {k: full[k] for k in keys}
     changed = cfg.model_copy(update={"seq_len": 16})  # another config starts over
     assert prepare(src, part, changed, progress=False)["seq_len"] == 16
 
@@ -237,7 +238,8 @@ def test_frequency_order_puts_common_tokens_first(dataset_dir, tmp_path):
     logp = np.log(counts / counts.sum())
     scores = [logp[row].mean() for row in loader.next_batch(len(loader))["input_ids"].numpy()]
     assert all(a >= b - 1e-5 for a, b in zip(scores, scores[1:])) and scores[0] > scores[-1] + 0.1
-    assert torch.equal(loader.next_batch(5)["input_ids"], BatchLoader(ds, objective="causal").next_batch(5)["input_ids"])
+    fresh = BatchLoader(ds, objective="causal")
+    assert torch.equal(loader.next_batch(5)["input_ids"], fresh.next_batch(5)["input_ids"])
 
 
 def test_cluster_pruning_keeps_the_hard_fraction(dataset_dir, tmp_path):

@@ -15,8 +15,8 @@ from cramlm.errors import CramlmError
 def command(
     args: list[str] = typer.Argument(
         None, metavar="SOURCE... [data.KEY=VALUE]...",
-        help="Files, folders, globs, .jsonl/.parquet (optionally .gz/.zst/.bz2), a saved HF dataset, hf:NAME/CONFIG "
-        "or python-docs; then config overrides such as data.min_chars=64.",
+        help="Files, folders, globs, .jsonl/.parquet (optionally .gz/.zst/.bz2), a saved HF dataset, hf:NAME/CONFIG, "
+        "python-docs or python-docs+site-packages; then config overrides such as data.min_chars=64.",
     ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Dataset dir to write (created if missing)."),
     tokenizer: Optional[str] = typer.Option(
@@ -31,9 +31,17 @@ def command(
     val_fraction: Optional[float] = typer.Option(
         None, "--val-fraction", help="Fraction of documents held out for validation. Default 0.01."
     ),
-    text_field: Optional[str] = typer.Option(None, "--text-field", help="JSONL/parquet field with the text. Default text."),
+    text_field: Optional[str] = typer.Option(
+        None, "--text-field", help="JSONL/parquet field with the text. Default text."
+    ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with a data: section."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Take the data section of this recipe preset."),
+    prune: Optional[str] = typer.Option(
+        None, "--prune", help="Prune documents by difficulty: cluster (k-means distance) or none (default)."
+    ),
+    prune_keep: Optional[float] = typer.Option(
+        None, "--prune-keep", help="Fraction of documents pruning keeps (the hardest ones). Default 0.7."
+    ),
     shard: Optional[str] = typer.Option(
         None, "--shard", help="I/N: tokenize only part I of N (0-based) for `--merge` later; needs --tokenizer-file."
     ),
@@ -52,7 +60,8 @@ def command(
     sources = [a for a in (args or []) if "=" not in a]
     overrides = [a for a in (args or []) if "=" in a]
     flags = {"tokenizer": tokenizer, "tokenizer_file": tokenizer_file, "vocab_size": vocab_size,
-             "seq_len": seq_len, "val_fraction": val_fraction, "text_field": text_field}
+             "seq_len": seq_len, "val_fraction": val_fraction, "text_field": text_field,
+             "prune.method": prune, "prune.keep": prune_keep}
     overrides += [f"data.{k}={v}" for k, v in flags.items() if v is not None]
     cfg = resolve_config(recipe=recipe, config_file=config, overrides=overrides).data
     if out is None:

@@ -56,7 +56,9 @@ def _all_documents(sources: list[str], text_field: str, skipped: Counter) -> Ite
         yield from iter_documents(spec, text_field, skipped)
 
 
-def _sample(sources: list[str], cfg: DataConfig, total_bytes: int | None) -> tuple[list[str], list[str] | None, Counter]:
+def _sample(
+    sources: list[str], cfg: DataConfig, total_bytes: int | None
+) -> tuple[list[str], list[str] | None, Counter]:
     """(tokenizer sample, the whole corpus if it fit in the sample budget else None, skip counts of this pass)."""
     budget = cfg.tokenizer_sample_mb * MB
     rate = 1.0 if not total_bytes else min(1.0, budget / total_bytes)
@@ -411,7 +413,9 @@ def merge(dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
     have = sorted(u for m in manifests for u in m.get("partial", {}).get("units_done", []))
     if have != list(range(n_units)):
         missing = sorted(set(range(n_units)) - set(have))
-        raise CramlmError(f"the dirs do not cover all {n_units} units of a {n_shards}-way split; missing {missing[:10]}")
+        raise CramlmError(
+            f"the dirs do not cover all {n_units} units of a {n_shards}-way split; missing {missing[:10]}"
+        )
     out = Path(out_dir)
     for name in (*SPLITS, "units"):
         (out / name).mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,8 @@
 Real English prose for an offline demo: `pydoc_data.topics` (the language reference pages that `help()` shows)
 plus every module, class and function docstring of the standard library, read from source with `ast` so that
 no module is imported (no side effects, and ~4x more text than importing: on CPython 3.11 about 0.46 MB of
-topics and 1.8 MB of docstrings from 734 files, 8,333 documents and 2.23 M characters after deduplication, in ~4.5 s on one core).
+topics and 1.8 MB of docstrings from 734 files: 8,333 documents, 2.23 M characters after deduplication, in
+~4.5 s on one core).
 `with_site_packages=True` adds the docstrings of installed packages (torch, numpy, transformers... tens of MB).
 
 Documents: one per help topic, and one per docstring (code examples and all). Identical docstrings are yielded

@@ -3,7 +3,8 @@
 A source spec is one of: a text file, a folder (read recursively), a glob (`data/**/*.txt`), a `.jsonl` file
 (one JSON object per line, text under `text_field`), a `.parquet` file (column `text_field`), any of these
 compressed (`.gz`, `.zst`, `.bz2`), a Hugging Face dataset saved with `save_to_disk`, `hf:NAME[/CONFIG]`
-(streamed from the Hub, needs `datasets` and a network) or `python-docs` (the embedded corpus).
+(streamed from the Hub, needs `datasets` and a network), `python-docs` (the embedded corpus) or
+`python-docs+site-packages` (plus the docstrings of installed packages).
 
 Plain text is split into documents at blank lines (paragraphs: WikiText's layout). Bad input a user would
 rather skip (binary files, lines that are not UTF-8, JSONL lines that are not JSON or lack the field) is
@@ -25,6 +26,7 @@ from typing import IO
 from cramlm.errors import CramlmError
 
 PYTHON_DOCS = "python-docs"
+PYTHON_DOCS_SITE = "python-docs+site-packages"  # also the docstrings of installed packages (tens of MB)
 COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open}
 
 
@@ -79,10 +81,10 @@ def resolve_files(spec: str) -> list[Path]:
 
 def fingerprint(spec: str) -> dict:
     """What identifies a source's content cheaply: paths, sizes and mtimes (or the Python version)."""
-    if spec == PYTHON_DOCS:
+    if spec in (PYTHON_DOCS, PYTHON_DOCS_SITE):
         import sys
 
-        return {"spec": spec, "python": sys.version.split()[0]}
+        return {"spec": spec, "python": sys.version.split()[0], "prefix": sys.prefix}
     if spec.startswith("hf:"):
         return {"spec": spec}
     path = Path(spec)
@@ -194,10 +196,10 @@ def _hf_documents(spec: str, text_field: str) -> Iterator[str]:
 def iter_documents(spec: str, text_field: str = "text", skipped: Counter | None = None) -> Iterator[str]:
     """Stream the documents of one source spec; `skipped` (if given) counts what was skipped and why."""
     skipped = Counter() if skipped is None else skipped
-    if spec == PYTHON_DOCS:
+    if spec in (PYTHON_DOCS, PYTHON_DOCS_SITE):
         from cramlm.data.python_docs import iter_python_docs
 
-        yield from iter_python_docs()
+        yield from iter_python_docs(with_site_packages=spec == PYTHON_DOCS_SITE)
         return
     if spec.startswith("hf:") or _is_hf_saved(Path(spec)):
         yield from _hf_documents(spec, text_field)
@@ -218,7 +220,7 @@ def check_sources(specs: list[str]) -> None:
     if not specs:
         raise CramlmError("prepare needs at least one SOURCE (a file, folder, glob, hf:NAME or python-docs)")
     for spec in specs:
-        if spec != PYTHON_DOCS and not spec.startswith("hf:") and not _is_hf_saved(Path(spec)):
+        if spec not in (PYTHON_DOCS, PYTHON_DOCS_SITE) and not spec.startswith("hf:") and not _is_hf_saved(Path(spec)):
             resolve_files(spec)
         elif spec.startswith("hf:") and not spec[3:]:
             raise CramlmError("hf: needs a dataset name, e.g. hf:wikitext/wikitext-2-raw-v1")

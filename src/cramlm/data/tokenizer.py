@@ -86,7 +86,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception for a bad file
-        raise CramlmError(f"cannot load tokenizer {path}: {str(e).splitlines()[0] if str(e) else 'unreadable'}") from None
+        reason = str(e).splitlines()[0] if str(e) else "unreadable"
+        raise CramlmError(f"cannot load tokenizer {path}: {reason}") from None
     check_special_tokens(tok, f"tokenizer {path}")
     return tok
 
