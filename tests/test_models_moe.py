@@ -99,3 +99,13 @@ def test_training_on_random_data_balances_the_experts():
     after = balance()
     assert before > 3.0  # top-2 of 8 with one expert in every top-2: up to 4; balanced: 1
     assert after < 1.5 and after < before / 2
+
+
+def test_moe_model_compiles_without_graph_breaks():
+    import torch._dynamo
+
+    model = build_model(moe_cfg())
+    ids = torch.randint(5, 97, (2, 16))
+    pos = torch.arange(4).expand(2, 4)
+    report = torch._dynamo.explain(model)(ids, labels=ids, mask_positions=pos)
+    assert report.graph_count == 1 and report.graph_break_count == 0

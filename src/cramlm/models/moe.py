@@ -52,31 +52,29 @@ class MoE(nn.Module):
         return torch.bmm(self.drop(h), self.w_out)
 
     def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """x: (T, d) -> (top-k weights (T, k), expert ids (T, k), aux loss, expert load (E,))."""
+        """x: (T, d) -> (top-k weights (T, k), expert ids (T, k), aux loss, assignments per expert (E,))."""
         m = self.cfg.moe
         logits = self.router(x).float()
         probs = logits.softmax(-1)
         weights, experts = probs.topk(m.top_k, dim=-1)
         weights = weights / weights.sum(-1, keepdim=True)
-        load = torch.zeros(m.n_experts, device=x.device).index_add_(
-            0, experts.reshape(-1), torch.ones(experts.numel(), device=x.device)
-        ) / experts.numel()
-        balance = m.n_experts * (load * probs.mean(0)).sum()
+        flat = experts.reshape(-1)  # counted with index_add, not bincount: static shapes for torch.compile
+        counts = torch.zeros(m.n_experts, dtype=torch.long, device=x.device).index_add_(0, flat, torch.ones_like(flat))
+        balance = m.n_experts * (counts / flat.numel() * probs.mean(0)).sum()
         z = torch.logsumexp(logits, dim=-1).square().mean()
-        return weights, experts, m.aux_loss_weight * balance + m.z_loss_weight * z, load
+        return weights, experts, m.aux_loss_weight * balance + m.z_loss_weight * z, counts
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """x: (..., d) -> (output like x, weighted aux loss, expert load fractions (E,))."""
+        """x: (..., d) -> (output like x, weighted aux loss, share of assignments per expert (E,))."""
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         T, E, k = x.shape[0], self.cfg.moe.n_experts, self.cfg.moe.top_k
         C = capacity(T, self.cfg)
-        weights, experts, aux, load = self.route(x)
+        weights, experts, aux, counts = self.route(x)
 
         flat_expert = experts.reshape(-1)  # assignment a = token * k + j
         order = torch.argsort(flat_expert, stable=True)  # earlier tokens win a full expert's slots
         sorted_expert = flat_expert[order]
-        counts = torch.bincount(flat_expert, minlength=E)
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.arange(T * k, device=x.device) - starts[sorted_expert]
         kept = rank < C
@@ -88,4 +86,4 @@ class MoE(nn.Module):
         out = torch.cat([out, out.new_zeros(1, out.shape[-1])])
         gate = (weights.reshape(-1)[order] * kept).to(x.dtype)
         y = x.new_zeros(x.shape).index_add(0, token, out[slot] * gate[:, None])
-        return y.view(shape), aux, load
+        return y.view(shape), aux, counts / (T * k)
