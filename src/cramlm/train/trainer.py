@@ -45,11 +45,7 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Strategy:
-    """One process on one device. The hooks below are all the loop knows about parallelism.
-
-    A multi-process strategy must also make the loop's stop decisions collective (budget, signals), so that every
-    rank runs the same number of micro-batches per step.
-    """
+    """One process on one device. The hooks below are all the loop knows about parallelism."""
 
     rank = 0
     world_size = 1
@@ -90,6 +86,14 @@ class Strategy:
 
     def barrier(self) -> None:
         pass
+
+    def agree(self, *flags: bool) -> tuple[bool, ...]:
+        """Clock-driven decisions (stop, cut a step short, validate, checkpoint), made once for every rank."""
+        return flags
+
+    def average(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean over the data-parallel ranks (losses for the log, the noise-scale input)."""
+        return values
 
 
 def resolve_device(name: str) -> torch.device:
@@ -215,7 +219,7 @@ class Trainer:
 
     def _cut_short(self) -> bool:
         """Stop accumulating mid-step: a wall-clock budget ran out or a signal came in."""
-        return self.stop_signal is not None or (self.budget.timed and self.budget.exhausted)
+        return self.strategy.agree(self.stop_signal is not None or (self.budget.timed and self.budget.exhausted))[0]
 
     def train_step(self) -> None:
         t, progress = self.cfg.train, self.budget.progress()
@@ -240,7 +244,7 @@ class Trainer:
             done += 1
             if t.batch_ramp == "auto" and i == 0 and accum > 1:
                 unscale = self.scaler.get_scale() ** 2 if self.scaler else 1.0
-                small_sq = _grad_sq_norm(self.module) * accum**2 / unscale
+                small_sq = self.strategy.average(_grad_sq_norm(self.module)) * accum**2 / unscale
             if not last and self._cut_short():
                 break
         if done < accum:  # the budget ran out mid-step: average over the micro-batches actually run
@@ -285,8 +289,9 @@ class Trainer:
     def write_log(self) -> dict[str, Any]:
         """Read the window's numbers back from the device (the one sync), apply the guards, log."""
         w = self.window
-        ok, bad = float(w["ok"]), int(float(w["bad"]))
-        loss = float(w["loss"]) / ok if ok else float("nan")
+        loss_sum, ok, bad = self.strategy.average(torch.stack([w["loss"], w["ok"], w["bad"]])).tolist()
+        bad = round(bad)
+        loss = loss_sum / ok if ok else float("nan")
         seconds = self.train_seconds - w["train_seconds"]
         tokens_per_s = w["tokens"] / seconds if seconds > 0 else 0.0
         spent = self.budget.spent
@@ -462,19 +467,26 @@ class Trainer:
         self.budget.start()
         try:
             with self._signals():
-                while not self.budget.exhausted and self.stop_signal is None:
+                while True:
+                    exhausted, signalled = self.strategy.agree(self.budget.exhausted, self.stop_signal is not None)
+                    if signalled:
+                        self.stop_signal = self.stop_signal or signal.SIGTERM  # rank 0 got it
+                        return self._interrupted()
+                    if exhausted:
+                        break
                     self.train_step()
                     seconds = self.budget.seconds
                     if self.step % t.log_every == 0:
                         self.write_log()
-                    if self.val_every.due(self.step, seconds) and not self.budget.exhausted:
+                    running = not self.budget.exhausted
+                    val, save = self.strategy.agree(running and self.val_every.due(self.step, seconds),
+                                                    running and self.checkpoint_every.due(self.step, seconds))
+                    if val:
                         self.val_every.mark(self.step, seconds)
                         self.validate()
-                    if self.checkpoint_every.due(self.step, seconds) and not self.budget.exhausted:
+                    if save:
                         self.checkpoint_every.mark(self.step, seconds)
                         self.save()
-                if self.stop_signal is not None:
-                    return self._interrupted()
                 return self._finish()
         finally:
             self.view.close()
