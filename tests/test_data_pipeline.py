@@ -259,3 +259,21 @@ def test_cluster_pruning_keeps_the_hard_fraction(dataset_dir, tmp_path):
                                  "tokenizer_file": str(dataset_dir / "ds" / "tokenizer.json")})
     m = prepare([str(dataset_dir / "src")], tmp_path / "ds", cfg, progress=False)
     assert 0.2 * 400 <= m["dropped"]["pruned"] <= 0.4 * 400 and m["documents"] == 400 - m["dropped"]["pruned"]
+
+
+def test_proxy_pruning_scores_unusual_documents_as_hard(tmp_path, monkeypatch):
+    from cramlm.config import PruneConfig
+    from cramlm.data.prune import ProxyPruner
+    from cramlm.data.tokenizer import save_tokenizer, train_tokenizer
+
+    monkeypatch.setattr(ProxyPruner, "STEPS", 60)
+    rng = random.Random(1)
+    common = [" ".join(rng.choice(WORDS[:8]) for _ in range(30)) for _ in range(90)]
+    odd = [" ".join(rng.choice(WORDS[8:]) for _ in range(30)) for _ in range(10)]
+    save_tokenizer(train_tokenizer(common + odd, "wordpiece", 200), tmp_path / "tok.json")
+    pruner = ProxyPruner(PruneConfig(method="proxy", keep=0.5, seed=0), str(tmp_path / "tok.json"), 32)
+    pruner.fit(common + odd)
+    scores = pruner.scores(common + odd)
+    assert scores[90:].mean() > scores[:90].mean() + 0.3  # rare words are what the tiny model has not learnt
+    kept = pruner.keep(common + odd)
+    assert 40 <= len(kept) <= 60 and sum(t in odd for t in kept) >= 8

@@ -31,7 +31,7 @@ import numpy as np
 from cramlm import __version__
 from cramlm.config import DataConfig
 from cramlm.data.filters import CompressionFilter, TextFilters, raw_hash, text_hash
-from cramlm.data.prune import ClusterPruner
+from cramlm.data.prune import make_pruner
 from cramlm.data.sources import check_sources, fingerprint, iter_documents, source_bytes
 from cramlm.data.store import FORMAT, FORMAT_VERSION, SPLITS, Packer, ShardWriter, token_dtype, write_manifest
 from cramlm.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_hash, train_tokenizer
@@ -264,7 +264,8 @@ def prepare(
         pruner = None
         if cfg.prune.method != "none":  # refitted on resume: the sample and the fit are deterministic
             task = bar.add_task("prune", total=None, stats=f"fitting {cfg.prune.method} scorer")
-            pruner = ClusterPruner(cfg.prune).fit(_spread_sample(sources, cfg, PRUNE_DOCS, total_bytes))
+            pruner = make_pruner(cfg.prune, str(tok_path), cfg.seq_len)
+            pruner.fit(_spread_sample(sources, cfg, PRUNE_DOCS, total_bytes))
             bar.update(task, total=1, completed=1, stats=f"keeping {cfg.prune.keep:.0%}")
         vocab_size = tok.get_vocab_size()
         dtype = token_dtype(vocab_size)
