@@ -505,9 +505,10 @@ class Trainer:
             self.write_log()
         val_loss = self.validate()
         self.save()
+        model_state = self.strategy.model_state(self.module)  # collective: every rank takes part
         results = self.results(val_loss)
         if self.strategy.is_main:
-            ckpt.save_final(self.run_dir, self.strategy.model_state(self.module), self.cfg)
+            ckpt.save_final(self.run_dir, model_state, self.cfg)
             results = self.results(val_loss)  # seconds and cost now include writing final/
             _write_json(self.run_dir / "results" / "train.json", results)
             _write_json(self.run_dir / "results" / "cost.json", {**results["cost"], "hardware": self.hw.name,
