@@ -76,7 +76,8 @@ def main() -> None:
         model, recipe, extra = RECIPES[name]
         cfg = resolve_config(model=model, recipe=recipe,
                              overrides=size + CPU + extra + [f"budget.limit={args.minutes * 60:g}s"])
-        run_dir = args.work / "runs" / f"{name.replace(' ', '').replace(',', '-')}-{time.strftime('%H%M%S')}"
+        slug = name.replace(" ", "").replace(",", "-")
+        run_dir = args.work / "runs" / f"{slug}-{time.strftime('%H%M%S')}"
         res = train(cfg, data_dir, run_dir, progress=False)
         trained, _ = load_model(run_dir)
         loss = heldout_loss(trained, ds, "mlm", **SCORE)
@@ -85,8 +86,8 @@ def main() -> None:
               f"{res['tokens_per_second']:7.0f} tok/s  {res['seconds']:.0f}s", flush=True)
 
     base = unigram_loss(ds, **SCORE)
-    print(f"\n| recipe (same {args.minutes:g}-minute budget, {args.layers}x{args.width}) | held-out MLM loss @15% | vs unigram | steps "
-          f"| tokens | tokens/s | wall s |")
+    print(f"\n| recipe (same {args.minutes:g}-minute budget, {args.layers}x{args.width}) | held-out MLM loss @15% "
+          "| vs unigram | steps | tokens | tokens/s | wall s |")
     print("|---|---|---|---|---|---|---|")
     for name, loss, res in rows:
         print(f"| {name} | {loss:.3f} | {loss - base:+.3f} | {res['steps']} | {res['tokens']:,} | "

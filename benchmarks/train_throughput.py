@@ -103,11 +103,13 @@ def main() -> None:
     ds = trainer.dataset
     tokens = args.steps * args.micro * ds.seq_len
     hf = time_hf(trainer.cfg, ds, trainer.device, trainer.dtype, args.micro, args.steps, args.warmup)
-    device = torch.cuda.get_device_name() if trainer.device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    cuda = trainer.device.type == "cuda"
+    device = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.size} ({' '.join(SIZES[args.size])}), seq {ds.seq_len}, {args.micro} sequences/step, 15% masking, "
           f"{trainer.precision}, {device}")
     print(f"{'':18s} {'tokens/s':>10s} {'s/step':>8s}")
-    print(f"{'cramlm':18s} {tokens / ours:10.0f} {ours / args.steps:8.3f}   MFU {trainer.fpt * tokens / ours / trainer.peak:.1%}")
+    mfu = trainer.fpt * tokens / ours / trainer.peak
+    print(f"{'cramlm':18s} {tokens / ours:10.0f} {ours / args.steps:8.3f}   MFU {mfu:.1%}")
     print(f"{'HF BertForMaskedLM':18s} {tokens / hf:10.0f} {hf / args.steps:8.3f}")
     print(f"speed-up: {hf / ours:.2f}x")
 

@@ -496,7 +496,8 @@ class Trainer:
     def _interrupted(self) -> dict[str, Any]:
         path = self.save()
         name = signal.Signals(self.stop_signal).name
-        self._log({"event": "interrupted", "signal": name, "step": self.step, "checkpoint": path.name if path else None})
+        self._log({"event": "interrupted", "signal": name, "step": self.step,
+                   "checkpoint": path.name if path else None})
         self.view.message(f"{name}: checkpoint {path} written; continue with `cramlm train --resume {self.run_dir}`")
         return {"status": "interrupted", "signal": name, "step": self.step, "checkpoint": str(path)}
 
