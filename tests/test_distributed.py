@@ -1,5 +1,6 @@
 """Two gloo processes on the CPU must train exactly like one process (ddp, zero1, fsdp ZeRO-2/3, tp), their
-checkpoints must resume at another world size, and a wall-clock budget must stop both ranks at the same step.
+checkpoints must resume at another world size, and a wall-clock budget must stop both ranks at the same step;
+the real trainer must run and resume on two ranks.
 
 One torchrun launch does every check (each launch costs seconds of imports); this file is also the worker script
 that launch runs.
@@ -30,7 +31,7 @@ MICRO = 1  # sequences per forward: two micro-batches per rank exercise accumula
 SEQ, MASKED, VOCAB = 16, 4, 64
 # name -> (strategy, fsdp.reshard_after_forward)
 RUNS = {"ddp": ("ddp", True), "zero1": ("zero1", True), "zero3": ("fsdp", True), "zero2": ("fsdp", False),
-        "tp": ("tp", True)}
+        "tp": ("tp", True), "fsdp+tp": ("fsdp+tp", True)}  # fsdp+tp: a 1 x 2 mesh on two processes
 
 
 def model_config() -> ModelConfig:
@@ -39,6 +40,7 @@ def model_config() -> ModelConfig:
 
 def train_config(strategy: str = "single", reshard: bool = True) -> TrainConfig:
     return TrainConfig(lr=1e-2, eps=1e-8, weight_decay=0.01, grad_clip=0.5, device="cpu", strategy=strategy,
+                       tp_size=2 if "tp" in strategy else 1,
                        fsdp={"reshard_after_forward": reshard, "mixed_precision": False})
 
 
@@ -116,10 +118,55 @@ def worker(out: Path) -> None:
         if stop:
             break
     (out / f"budget-{rank}.json").write_text(json.dumps({"steps": steps, "local_exhausted_at_stop": local}))
+    trainer_worker(out, rank)
     d.close()
 
 
+def trainer_worker(out: Path, rank: int) -> None:
+    """The real trainer on two ranks: resume a one-process run under ZeRO-3, a fresh ZeRO-1 run, a timed run."""
+    from cramlm.train.distributed import DistributedStrategy
+    from cramlm.train.trainer import train as run
+
+    def go(run_dir: Path, *overrides: str, resume: bool = False) -> dict:
+        cfg = tiny_run_config(*overrides)
+        return run(cfg, out / "data", run_dir, resume=resume, progress=False,
+                   strategy=DistributedStrategy.from_env(cfg.train))
+
+    results = {
+        "resumed": go(out / "run-single", "budget.limit=6steps", "train.strategy=fsdp", resume=True),
+        "zero1": go(out / "run-zero1", "budget.limit=4steps", "train.strategy=zero1"),
+        "timed": go(out / "run-timed", "budget.limit=2s", "train.strategy=ddp", "train.batch_ramp=none"),
+    }
+    (out / f"trainer-{rank}.json").write_text(json.dumps(results, default=str))
+
+
 # ---------------------------------------------------------------------- the test (runs in pytest)
+
+
+TINY_RUN = ["model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "train.batch_size=16",
+            "train.micro_batch_size=4", "budget.hardware=cpu", "train.log_every=1", "train.val_batches=2",
+            "train.checkpoint_every=2steps", "train.device=cpu"]
+
+
+def tiny_run_config(*overrides: str):
+    from cramlm.config import resolve_config
+
+    return resolve_config(model="tiny", recipe="demo", overrides=TINY_RUN + list(overrides))
+
+
+def prepare_data(root: Path) -> Path:
+    import random
+
+    from cramlm.config import DataConfig
+    from cramlm.data.prepare import prepare
+
+    words = "the cat sat on a mat while dogs ran in parks and birds sang songs of rivers trees stones".split()
+    rng = random.Random(0)
+    docs = (" ".join(rng.choice(words) for _ in range(rng.randint(20, 80))) for _ in range(400))
+    (root / "corpus.txt").write_text("\n\n".join(docs))
+    cfg = DataConfig(seq_len=32, vocab_size=128, val_fraction=0.1, min_chars=0, max_tokens_per_char_z=None)
+    prepare([str(root / "corpus.txt")], root / "data", cfg, progress=False)
+    return root / "data"
 
 
 def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -127,7 +174,8 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
-def test_two_ranks_match_one_resume_across_world_sizes_and_agree_on_the_budget(tmp_path):
+@pytest.mark.dist
+def test_two_ranks_train_like_one_resume_across_world_sizes_and_share_the_budget(tmp_path):
     single = Distributed()
     cfg = train_config()
     model, opt = fresh(single, cfg)
@@ -138,6 +186,12 @@ def test_two_ranks_match_one_resume_across_world_sizes_and_agree_on_the_budget(t
     train(single, model, opt, batches(2, first=STEPS))
     reference_resumed = model.state_dict()
     assert max_diff(init, reference) > 1e-2  # training moved the weights: equality below is not trivial
+
+    from cramlm.train import checkpoint as ckpt
+    from cramlm.train.trainer import train as run
+
+    data = prepare_data(tmp_path)
+    assert run(tiny_run_config("budget.limit=4steps"), data, tmp_path / "run-single", progress=False)["steps"] == 4
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -161,6 +215,19 @@ def test_two_ranks_match_one_resume_across_world_sizes_and_agree_on_the_budget(t
     assert budget[0]["steps"] == budget[1]["steps"] > 1
     assert budget[0]["local_exhausted_at_stop"]
 
+    # the trainer: both ranks report the same run; the 1-process run went on to step 6 on two ranks
+    ranks = [json.loads((tmp_path / f"trainer-{r}.json").read_text()) for r in (0, 1)]
+    for name in ("resumed", "zero1", "timed"):
+        assert ranks[0][name]["steps"] == ranks[1][name]["steps"], name
+        assert ranks[0][name]["status"] == "completed"
+    assert ranks[0]["resumed"]["steps"] == 6 and ranks[0]["zero1"]["steps"] == 4
+    assert ranks[0]["timed"]["steps"] >= 1 and ranks[0]["timed"]["seconds"] < 6
+    model, _ = ckpt.load_model(tmp_path / "run-zero1")  # consolidated final weights load in one process
+    assert sum(p.numel() for p in model.parameters()) > 0
+    # and the 2-rank ZeRO-1 run continues in one process
+    res = run(tiny_run_config("budget.limit=6steps"), data, tmp_path / "run-zero1", resume=True, progress=False)
+    assert res["steps"] == 6
+
 
 def test_strategy_resolution():
     assert resolve_strategy("fsdp", 1, 1) == "single"
@@ -171,8 +238,17 @@ def test_strategy_resolution():
 
     with pytest.raises(CramlmError, match="tp_size"):
         resolve_strategy("fsdp+tp", 4, 3)
-    with pytest.raises(CramlmError, match="deepspeed"):
+    with pytest.raises(CramlmError, match="deepspeed is not implemented"):
         resolve_strategy("deepspeed", 2, 1)
+
+
+def test_batch_ramp_auto_needs_whole_gradients_on_each_rank():
+    from cramlm.errors import CramlmError
+    from cramlm.train.distributed import DistributedStrategy
+
+    with pytest.raises(CramlmError, match="batch_ramp=auto"):
+        DistributedStrategy(Distributed(world_size=2, strategy="fsdp"), TrainConfig(batch_ramp="auto"))
+    assert DistributedStrategy(Distributed(world_size=2, strategy="ddp"), TrainConfig(batch_ramp="auto")).is_main
 
 
 def test_single_process_without_torchrun(monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -25,6 +26,10 @@ def command(
     ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run dir to write. Default: runs/<time>."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this run dir."),
+    nproc: int = typer.Option(
+        1, "--nproc", min=1, help="Processes (one per GPU) on this machine; above 1 the command re-runs itself "
+        "under torchrun with train.strategy (auto = DDP). Default 1. Several machines: see docs/distributed.md.",
+    ),
 ) -> None:
     """Pretrain under a budget; the run dir gets config.yaml, metrics.jsonl, checkpoints and final/."""
     positional = [a for a in (args or []) if "=" not in a]
@@ -41,11 +46,29 @@ def command(
         raise CramlmError("train needs a DATA_DIR (from `cramlm prepare`) or --resume RUN_DIR")
     if len(positional) > 1:
         raise CramlmError(f"train takes one DATA_DIR, got {len(positional)}: {' '.join(positional)}")
+    from cramlm.train.distributed import DistributedStrategy, torchrun_command, torchrun_env
     from cramlm.train.trainer import data_dir_of, train
 
     run_dir = resume or out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if nproc > 1 and not torchrun_env():
+        forwarded = list(args or [])
+        for flag, value in (("--model", model), ("--recipe", recipe), ("--config", config), ("--budget", budget),
+                            ("--resume" if resume else "--out", run_dir)):
+            if value is not None:
+                forwarded += [flag, str(value)]
+        command_line = torchrun_command(nproc, forwarded)
+        os.execvp(command_line[0], command_line)
+    strategy = DistributedStrategy.from_env(cfg.train) if torchrun_env() else None
+    if strategy is not None:
+        run_dir = strategy.dist.share(run_dir)  # the default name from rank 0's clock
+        if cfg.budget.count == 1:  # peak FLOP/s (MFU) and cost count every device of the job
+            cfg.budget.count = strategy.dist.world_size
     data_dir = Path(positional[0]) if positional else data_dir_of(run_dir)
-    results = train(cfg, data_dir, run_dir, resume=resume is not None)
+    results = train(cfg, data_dir, run_dir, resume=resume is not None, strategy=strategy)
+    if strategy is not None:
+        strategy.dist.close()
+        if not strategy.is_main:
+            return
     if results["status"] != "completed":
         typer.echo(f"stopped by {results['signal']} at step {results['step']}; "
                    f"continue with: cramlm train --resume {run_dir}")
