@@ -277,3 +277,13 @@ def test_proxy_pruning_scores_unusual_documents_as_hard(tmp_path, monkeypatch):
     assert scores[90:].mean() > scores[:90].mean() + 0.3  # rare words are what the tiny model has not learnt
     kept = pruner.keep(common + odd)
     assert 40 <= len(kept) <= 60 and sum(t in odd for t in kept) >= 8
+
+
+def test_empty_val_split_is_counted_as_zero(dataset_dir, tmp_path, cli):
+    cfg = CFG.model_copy(update={"val_fraction": 0.0, "tokenizer_file": str(dataset_dir / "ds" / "tokenizer.json")})
+    m = prepare([str(dataset_dir / "src")], tmp_path / "ds", cfg, progress=False)
+    assert m["splits"]["val"] == {"documents": 0, "tokens": 0, "dropped_tail_tokens": 0, "sequences": 0, "shards": []}
+    assert Dataset(tmp_path / "ds").sequences("val").shape == (0, 32)
+    with pytest.raises(CramlmError, match="too few"):
+        BatchLoader(Dataset(tmp_path / "ds"), split="val")
+    assert cli("prepare", "--stats", tmp_path / "ds")[0] == 0

@@ -345,10 +345,11 @@ def assemble(out: Path, n_units: int, partial: bool = False) -> dict[str, Any]:
     records = [json.loads(p.read_text()) for p in sorted((out / "units").glob("*.json"))]
     splits: dict[str, Any] = {}
     for split in SPLITS:
-        totals = Counter()
+        totals = {"documents": 0, "tokens": 0, "dropped_tail_tokens": 0}
         shards = []
         for r in records:
-            totals.update({k: v for k, v in r[split].items() if k != "shards"})
+            for k in totals:
+                totals[k] += r[split].get(k, 0)
             shards += r[split]["shards"]
         splits[split] = {**totals, "sequences": sum(s["sequences"] for s in shards), "shards": shards}
     dropped, skipped, lengths = Counter(), Counter(), Counter()
@@ -363,7 +364,7 @@ def assemble(out: Path, n_units: int, partial: bool = False) -> dict[str, Any]:
         np.save(out / "token_counts.npy", token_counts)
     if not partial and splits["train"]["sequences"] == 0:
         raise CramlmError(
-            f"the input gave {splits['train'].get('tokens', 0)} training tokens: not one sequence of "
+            f"the input gave {splits['train']['tokens']} training tokens: not one sequence of "
             f"{cfg['seq_len']} (use more text or a smaller --seq-len)"
         )
     manifest = {
@@ -377,8 +378,8 @@ def assemble(out: Path, n_units: int, partial: bool = False) -> dict[str, Any]:
         "tokenizer": {"file": "tokenizer.json", "kind": "file" if cfg["tokenizer_file"] else cfg["tokenizer"],
                       "sha256": tokenizer_hash(tok_path)},
         "order": cfg["order"],
-        "documents": sum(splits[s].get("documents", 0) for s in SPLITS),
-        "tokens": sum(splits[s].get("tokens", 0) for s in SPLITS),
+        "documents": sum(splits[s]["documents"] for s in SPLITS),
+        "tokens": sum(splits[s]["tokens"] for s in SPLITS),
         "sequences": sum(splits[s]["sequences"] for s in SPLITS),
         "dropped": dict(sorted(dropped.items())),
         "skipped": dict(sorted(skipped.items())),

@@ -13,6 +13,8 @@ few hundred steps on the sample and scores each document by its masked-LM loss o
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from cramlm.config import PruneConfig
@@ -102,6 +104,19 @@ class ClusterPruner(Pruner):
                 "clusters": int(self.kmeans.n_clusters), "threshold": self.threshold}
 
 
+@contextmanager
+def _one_thread():
+    """A model this small runs fastest on one thread; more only spin against the tokenizer and each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class ProxyPruner(Pruner):
     STEPS, BATCH = 150, 32
 
@@ -133,13 +148,17 @@ class ProxyPruner(Pruner):
         return {key: torch.from_numpy(v) for key, v in batch.items()}, torch.from_numpy(rows != 0)
 
     def fit(self, sample: list[str]) -> ProxyPruner:
+        if len(sample) < MIN_SAMPLE:
+            raise CramlmError(f"pruning needs at least {MIN_SAMPLE} sample documents, got {len(sample)}")
+        with _one_thread():
+            return self._fit(sample)
+
+    def _fit(self, sample: list[str]) -> ProxyPruner:
         import torch
 
         from cramlm.config import ModelConfig
         from cramlm.models.registry import build_model
 
-        if len(sample) < MIN_SAMPLE:
-            raise CramlmError(f"pruning needs at least {MIN_SAMPLE} sample documents, got {len(sample)}")
         torch.manual_seed(self.cfg.seed)
         mcfg = ModelConfig(n_layers=2, d_model=128, n_heads=2, d_ff=256, vocab_size=self.tok.get_vocab_size(),
                            max_seq_len=self.seq_len, positions="learned")
@@ -165,7 +184,7 @@ class ProxyPruner(Pruner):
 
         rows = self._rows(texts)
         batch, attn = self._masked(rows, self.STEPS)  # a seed no training step used
-        with torch.no_grad():
+        with torch.no_grad(), _one_thread():
             out = self.model(batch["input_ids"], attn, None, batch["mask_positions"])
         labels = batch["labels"].gather(1, batch["mask_positions"])
         logits = out.logits
