@@ -13,6 +13,7 @@ few hundred steps on the sample and scores each document by its masked-LM loss o
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 
 import numpy as np
@@ -25,7 +26,7 @@ DIMS = 32
 MIN_SAMPLE = 20
 
 
-class Pruner:
+class Pruner(ABC):
     """Fit on a sample (scores -> keep threshold at the sample's quantile), then prune chunks of the stream."""
 
     def __init__(self, cfg: PruneConfig):
@@ -33,8 +34,9 @@ class Pruner:
         self.dropped = 0
         self.threshold = 0.0
 
+    @abstractmethod
     def scores(self, texts: list[str]) -> np.ndarray:
-        raise NotImplementedError
+        """Difficulty per document: higher is harder."""
 
     def _set_threshold(self, scores: np.ndarray) -> None:
         self.threshold = float(np.quantile(scores, 1.0 - self.cfg.keep if self.cfg.keep_hard else self.cfg.keep))
