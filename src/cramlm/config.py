@@ -224,13 +224,18 @@ def load_preset(kind: Literal["model", "recipe"], name: str) -> dict[str, Any]:
     return {"model": data} if kind == "model" else data
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def load_yaml(path: Path, what: str = "config file") -> Any:
+    """Safe YAML from a user's file; a missing file or bad YAML is a one-line CramlmError naming `what`."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        return yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
-        raise CramlmError(f"config file {path} does not exist") from None
+        raise CramlmError(f"{what} {path} does not exist") from None
     except yaml.YAMLError as e:
-        raise CramlmError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise CramlmError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = load_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

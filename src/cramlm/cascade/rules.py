@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import yaml
 
+from cramlm.config import load_yaml
 from cramlm.errors import CramlmError
 from cramlm.cascade.linear import Text, _join
 
@@ -53,12 +54,7 @@ class RuleStage:
 
     @classmethod
     def from_yaml(cls, path: Path, labels: Sequence[str]) -> "RuleStage":
-        try:
-            data = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise CramlmError(f"rules file {path} does not exist") from None
-        except yaml.YAMLError as e:
-            raise CramlmError(f"rules file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        data = load_yaml(path, "rules file")
         if isinstance(data, dict) and "rules" in data:
             data = data["rules"]
         if not isinstance(data, list) or not data:
