@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cramlm.cascade import Cascade, LinearStage, RuleStage, calibrate
-from cramlm.cascade.calibrate import answers
+from cramlm.cascade.calibrate import answers, cross_fit, summarize
 from cramlm.cascade.fit import calibrate_cascade
 from cramlm.cascade.linear import HashingParams
 from cramlm.errors import CramlmError
@@ -68,22 +68,59 @@ def linear(data):
 # ---------------------------------------------------------------- calibration
 
 
+def brute_force_best(names, probs, final, y, max_drop, fixed):
+    """The largest share of inputs stage len(fixed) can answer within the tolerance, by trying every distinct
+    confidence with `summarize` (earlier stages at `fixed`, later ones off)."""
+    i = len(fixed)
+    bound = 100.0 * (final.argmax(1) == y).mean() - max_drop - 1e-9
+    best = 0.0
+    for thr in [None, *np.unique(probs[i].max(1))]:
+        ths = [*fixed, thr] + [None] * (len(names) - i - 1)
+        cal = summarize(names, ths, probs, final, y, max_drop, [1.0] * len(names), 10.0)
+        if cal.accuracy >= bound:
+            best = max(best, cal.answered[names[i]])
+    return best
+
+
 @pytest.mark.parametrize("max_drop", [0.0, 0.5, 2.0, 5.0])
-def test_thresholds_keep_dev_accuracy_within_tolerance(data, linear, max_drop):
+def test_thresholds_answer_the_most_within_tolerance(data, linear, max_drop):
     _, (dx, dy), _, gold = data
-    oracle = Oracle(gold)
-    cal = calibrate(["linear"], [linear.predict_proba(dx)], oracle.predict_proba(dx), dy, max_drop, [100.0], 1e6)
-    assert cal.accuracy >= cal.transformer_accuracy - max_drop - 1e-9
-    # every stricter threshold on the curve also keeps the tolerance (the sweep stops at the first violation)
-    chosen = cal.thresholds[0]
-    stricter = [p for p in cal.curves["linear"] if p.threshold is None or (chosen is not None and p.threshold >= chosen)]
-    assert all(p.accuracy >= cal.transformer_accuracy - max_drop - 1e-9 for p in stricter)
-    # the next looser point, if any, breaks the tolerance: the threshold is as low as the rule allows
-    looser = [p for p in cal.curves["linear"] if p.threshold is not None and (chosen is None or p.threshold < chosen)]
-    if looser:
-        assert max(looser, key=lambda p: p.threshold).accuracy < cal.transformer_accuracy - max_drop
+    p, f = linear.predict_proba(dx), Oracle(gold).predict_proba(dx)
+    cal = calibrate(["linear"], [p], f, dy, max_drop, [100.0], 1e6)
+    bound = cal.transformer_accuracy - max_drop - 1e-9
+    assert cal.accuracy >= bound
+    # no point of the sweep answers more inputs and keeps the tolerance
+    assert all(pt.accuracy < bound for pt in cal.curves["linear"] if pt.answered > cal.answered["linear"])
+    assert cal.answered["linear"] == brute_force_best(["linear"], [p], f, dy, max_drop, [])
+    # the vectorized sweep agrees with scoring each of its thresholds directly
+    for pt in cal.curves["linear"][:: max(1, len(cal.curves["linear"]) // 25)]:
+        direct = summarize(["linear"], [pt.threshold], [p], f, dy, max_drop, [100.0], 1e6)
+        assert (direct.accuracy, direct.answered["linear"]) == pytest.approx((pt.accuracy, pt.answered))
+        assert direct.relative_flops == pytest.approx(pt.relative_flops)
     assert cal.answered["linear"] + cal.answered["transformer"] == pytest.approx(1.0)
     assert cal.relative_flops == pytest.approx(1e-4 + cal.answered["transformer"])
+
+
+def test_stages_are_calibrated_greedily_in_order(data, linear):
+    """rules, then linear, then a noisy 'small model': each stage's threshold is the best given the earlier ones."""
+    _, (dx, dy), _, gold = data
+    rules = RuleStage([{"pattern": r"\bsuperb\b", "label": "positive"},
+                       {"pattern": r"\bmeh\b", "label": "negative"}], LABELS)
+    rng = np.random.default_rng(3)
+    final = Oracle(gold).predict_proba(dx)
+    small = np.clip(final + rng.normal(0, 0.3, final.shape), 0.01, None)
+    small /= small.sum(1, keepdims=True)
+    names, probs = ["rules", "linear", "small"], [rules.predict_proba(dx), linear.predict_proba(dx), small]
+    cal = calibrate(names, probs, final, dy, 1.0, [0.0, 1.0, 3.0], 10.0)
+    assert cal.accuracy >= cal.transformer_accuracy - 1.0 - 1e-9
+    for i in range(3):
+        assert cal.answered[names[i]] == brute_force_best(names, probs, final, dy, 1.0, cal.thresholds[:i])
+    assert cal.thresholds[0] is None  # the 'meh' rule is a coin flip: it would cost far more than a point
+    assert cal.answered["linear"] > 0.3 and sum(cal.answered.values()) == pytest.approx(1.0)
+    held = cross_fit(names, probs, final, dy, 1.0, [0.0, 1.0, 3.0], 10.0)
+    assert set(held["answered"]) == {*names, "transformer"} and sum(held["answered"].values()) == pytest.approx(1)
+    assert abs(held["accuracy"] - cal.accuracy) < 5 and held["transformer_accuracy"] == pytest.approx(
+        cal.transformer_accuracy)
 
 
 def test_a_looser_tolerance_never_answers_fewer(data, linear):

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cramlm.cascade.calibrate import calibrate
+from cramlm.cascade.calibrate import calibrate, cross_fit
 from cramlm.cascade.core import Cascade, Classifier, check_labels
 from cramlm.cascade.linear import HashingParams, LinearStage, Text
 from cramlm.cascade.rules import RuleStage
@@ -35,8 +35,13 @@ def calibrate_cascade(stages: list[Classifier], dev_texts: Sequence[Text], dev_y
     flops = [float(s.flops_per_example(dev_texts)) for s in stages]
     final_flops = float(transformer.flops_per_example(dev_texts)) if hasattr(transformer, "flops_per_example") \
         else float("nan")
-    cal = calibrate([s.kind for s in stages], probs[:-1], probs[-1], np.asarray(dev_y), max_drop, flops,
-                    final_flops)
+    for stage, f in zip(stages, flops):
+        if f >= final_flops:
+            raise CramlmError(f"the {stage.kind} stage costs {f:.3g} FLOPs per input, no less than the "
+                              f"transformer's {final_flops:.3g}: it cannot save compute")
+    args = ([s.kind for s in stages], probs[:-1], probs[-1], np.asarray(dev_y), max_drop, flops, final_flops)
+    cal = calibrate(*args)
+    cal.held_out = cross_fit(*args)
     cascade = Cascade(labels, stages, cal.thresholds, transformer, transformer_ref, cal, task)
     t0 = time.perf_counter()
     cascade.predict(dev_texts)

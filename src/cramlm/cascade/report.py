@@ -54,6 +54,12 @@ def summary_rows(cal: Calibration) -> list[tuple[str, str]]:
     rows.append(("FLOPs per input", ", ".join(f"{k} {v:.3g}" for k, v in cal.flops_per_input.items())))
     rows.append(("FLOPs saved", f"{100 * (1 - cal.relative_flops):.1f}% (cascade = {cal.relative_flops:.3f} x "
                                 "transformer)"))
+    h = cal.held_out
+    if h:
+        shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in h["answered"].items())
+        rows.append(("held-out estimate (2-fold on dev)", f"accuracy {h['accuracy']:.2f} vs transformer "
+                                                          f"{h['transformer_accuracy']:.2f}; answered: {shares}; "
+                                                          f"FLOPs x {h['relative_flops']:.3f}"))
     s = cal.seconds
     if s:
         rows.append(("wall time on dev", f"transformer alone {s['transformer_alone']:.2f} s, cascade "
