@@ -17,7 +17,7 @@ from cramlm.errors import CramlmError
 from cramlm.eval.glue import evaluate_glue
 from cramlm.models.encoder import EncoderForSequenceClassification
 from cramlm.models.registry import build_model
-from cramlm.train.checkpoint import save_final
+from cramlm.train.checkpoint import load_model, save_final
 
 POS, NEG, FILL = ["good", "great"], ["bad", "dull"], "the a film plot it was story scene meh".split()
 
@@ -43,7 +43,7 @@ def setup(tmp_path_factory):
         (root / "glue" / "SST-2" / f"{split}.tsv").write_text("sentence\tlabel\n" + body)
     tok = train_tokenizer([" ".join(FILL + POS + NEG)] * 10, vocab_size=100)
     cfg = resolve_config(model="tiny", overrides=[
-        "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.d_ff=64",
+        "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.d_ff=64",
         f"model.vocab_size={tok.get_vocab_size()}", "model.max_seq_len=16", "train.device=cpu"])
     run = root / "run"
     run.mkdir()
@@ -51,6 +51,16 @@ def setup(tmp_path_factory):
     tok.save(str(run / "tokenizer.json"))
     evaluate_glue(run, root / "glue", "sst2", overrides={"lr": 3e-3, "epochs": 4}, progress=False)
     return root, run / "finetuned" / "sst2"
+
+
+@pytest.fixture(scope="module")
+def small(setup):
+    """The first layer of the same pretrain, fine-tuned the same way: the --small stage."""
+    root, ft = setup
+    res = invoke("shrink", ft.parent.parent, "--layers", "1", "--out", root / "small")
+    assert res.exit_code == 0, res.output
+    evaluate_glue(root / "small", root / "glue", "sst2", overrides={"lr": 3e-3, "epochs": 4}, progress=False)
+    return root / "small"
 
 
 def invoke(*args, input=None):
@@ -105,6 +115,44 @@ def test_fit_predict_report(setup, tmp_path):
         assert invoke("report", out, "--out", tmp_path / name).exit_code == 0
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "data:image/png;base64," in (tmp_path / "curve.html").read_text()
+
+
+def test_small_stage_sits_between_linear_and_transformer(setup, small, tmp_path):
+    root, ft = setup
+    full, _ = load_model(ft.parent.parent)
+    shrunk, cfg = load_model(small)
+    assert cfg.model.n_layers == 1 and shrunk.state_dict().keys() < full.state_dict().keys()
+    assert all(torch.equal(v, full.state_dict()[k]) for k, v in shrunk.state_dict().items())
+
+    out = tmp_path / "cascade"
+    res = invoke("fit", ft, "--task", root / "glue" / "SST-2", "--out", out, "--max-drop", "2", "--hash-bits", "12",
+                 "--small", small / "finetuned" / "sst2")
+    assert res.exit_code == 0, res.output
+    assert "answered by small" in res.output
+    meta = json.loads((out / "cascade.json").read_text())
+    assert [s["kind"] for s in meta["stages"]] == ["linear", "small"]
+    assert meta["stages"][1]["files"] == [f"small/{f}" for f in
+                                          ("model.safetensors", "config.yaml", "tokenizer.json", "task.json")]
+    flops = meta["calibration"]["flops_per_input"]
+    assert flops["linear"] < flops["small"] < flops["transformer"]
+
+    # each stage's answers are its own model's; the loaded copy of the small model is the one that was fitted
+    cascade = Cascade.load(out)
+    texts = [row.split("\t")[0] for row in (root / "glue" / "SST-2" / "dev.tsv").read_text().splitlines()[1:]]
+    small_model = load_transformer(small / "finetuned" / "sst2")
+    assert flops["small"] == pytest.approx(small_model.flops_per_example(texts))  # budget/flops.py at 1 layer
+    p_small = small_model.predict_proba(texts)
+    assert np.array_equal(cascade.stages[1].predict_proba(texts), p_small)
+    cascade.thresholds = [None, float(np.median(p_small.max(1)))]
+    pred, by = cascade.predict(texts)
+    assert 0 < (by == 1).sum() < len(texts)
+    assert (pred[by == 1] == p_small.argmax(1)[by == 1]).all()
+    assert (pred[by == 2] == load_transformer(ft).predict_proba(texts).argmax(1)[by == 2]).all()
+
+    with pytest.raises(CramlmError, match="--layers must be between 1 and 1"):
+        invoke("shrink", ft.parent.parent, "--layers", "2", "--out", tmp_path / "s2")
+    with pytest.raises(CramlmError, match="already holds a model"):
+        invoke("shrink", ft.parent.parent, "--layers", "1", "--out", small)
 
 
 def test_bad_inputs_are_one_line_errors(setup, tmp_path):

@@ -20,7 +20,6 @@ from cramlm.cascade.rules import RuleStage
 from cramlm.errors import CramlmError
 
 FORMAT_VERSION = 1
-STAGE_TYPES = {"linear": LinearStage, "rules": RuleStage}
 
 
 class Classifier(Protocol):
@@ -86,9 +85,8 @@ class Cascade:
     def save(self, directory: Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        stages = []
-        for stage, thr in zip(self.stages, self.thresholds):
-            stages.append({"kind": stage.kind, "threshold": thr, "files": stage.save(directory, stage.kind)})
+        stages = [{"kind": stage.kind, "threshold": thr, "files": stage.save(directory, stage.kind)}
+                  for stage, thr in zip(self.stages, self.thresholds)]
         meta = {"format": "cramlm-cascade", "version": FORMAT_VERSION, "task": self.task, "labels": self.labels,
                 "transformer": self.transformer_ref, "stages": stages,
                 "calibration": self.calibration.to_dict() if self.calibration else None}
@@ -102,13 +100,7 @@ class Cascade:
         directory = Path(directory)
         meta = read_meta(directory)
         labels = meta["labels"]
-        stages = []
-        for s in meta["stages"]:
-            kind = STAGE_TYPES.get(s["kind"])
-            if kind is None:
-                raise CramlmError(f"{directory}: unknown stage kind {s['kind']!r}")
-            stages.append(kind.load(directory, labels, s["kind"]) if kind is RuleStage
-                          else kind.load(directory, s["kind"]))
+        stages = [load_stage(directory, s["kind"], labels) for s in meta["stages"]]
         if transformer is None and with_transformer:
             from cramlm.cascade.transformer import load_transformer
 
@@ -116,6 +108,19 @@ class Cascade:
         cal = Calibration.from_dict(meta["calibration"]) if meta.get("calibration") else None
         return cls(labels, stages, [s["threshold"] for s in meta["stages"]], transformer, meta["transformer"],
                    cal, meta.get("task"))
+
+
+def load_stage(directory: Path, kind: str, labels: list[str]) -> Classifier:
+    """Each stage kind reads its own files from the cascade dir (a small model: its copied fine-tuned dir)."""
+    if kind == "linear":
+        return LinearStage.load(directory, kind)
+    if kind == "rules":
+        return RuleStage.load(directory, labels, kind)
+    if kind == "small":
+        from cramlm.cascade.transformer import load_transformer
+
+        return load_transformer(directory / kind, kind=kind)
+    raise CramlmError(f"{directory}: unknown stage kind {kind!r}")
 
 
 def read_meta(directory: Path) -> dict:

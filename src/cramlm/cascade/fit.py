@@ -57,8 +57,10 @@ def _warm_up(model: Classifier, texts: Sequence[Text]) -> None:
 
 def fit_cascade(ft_dir: str | Path, task_path: str | Path, out: str | Path, max_drop: float = 0.5,
                 rules_file: str | Path | None = None, linear: bool = True, max_train_examples: int | None = None,
-                hashing: HashingParams = HashingParams(), log: Callable[[str], None] = lambda _: None) -> Cascade:
-    """The CLI's fit: `task_path` is a GLUE task folder (e.g. data/glue/SST-2); read with eval.glue's readers."""
+                hashing: HashingParams = HashingParams(), small: str | Path | None = None,
+                log: Callable[[str], None] = lambda _: None) -> Cascade:
+    """The CLI's fit: `task_path` is a GLUE task folder (e.g. data/glue/SST-2); read with eval.glue's readers.
+    Stages run in the order rules, linear, small (a smaller fine-tuned classifier), then the transformer."""
     from cramlm.cascade.transformer import load_transformer
     from cramlm.eval.glue import parse_tasks, read_split
 
@@ -69,9 +71,13 @@ def fit_cascade(ft_dir: str | Path, task_path: str | Path, out: str | Path, max_
     if not task.label_names:
         raise CramlmError(f"{task.name} is a regression task; a cascade needs a classification task")
     transformer = load_transformer(ft_dir)
-    if transformer.task and transformer.task != task.name:
-        raise CramlmError(f"{ft_dir} was fine-tuned on {transformer.task}, not on {task.name}")
-    check_labels(task.label_names, transformer, f"the transformer in {ft_dir}")
+    small_model = load_transformer(small, kind="small") if small else None
+    for model, path in ((transformer, ft_dir), (small_model, small)):
+        if model is None:
+            continue
+        if model.task and model.task != task.name:
+            raise CramlmError(f"{path} was fine-tuned on {model.task}, not on {task.name}")
+        check_labels(task.label_names, model, f"the {model.kind} in {path}")
     train = read_split(task_path.parent, task, "train").head(max_train_examples)
     dev = read_split(task_path.parent, task, task.dev[0][1])
     out = Path(out)
@@ -81,6 +87,8 @@ def fit_cascade(ft_dir: str | Path, task_path: str | Path, out: str | Path, max_
         t0 = time.perf_counter()
         stages.append(LinearStage.fit([_text(t) for t in train.texts], train.labels, task.label_names, hashing))
         log(f"linear stage trained on {len(train)} {task.name} examples in {time.perf_counter() - t0:.1f} s")
+    if small_model is not None:
+        stages.append(small_model)
     cascade = calibrate_cascade(stages, [_text(t) for t in dev.texts], dev.labels, task.label_names, transformer,
                                 max_drop, task.name, ref)
     cascade.save(out)

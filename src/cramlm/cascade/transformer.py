@@ -1,4 +1,5 @@
-"""The last stage: a classifier fine-tuned by `cramlm eval glue` (`RUN/finetuned/<task>/`), as `predict_proba`.
+"""A classifier fine-tuned by `cramlm eval glue` (`RUN/finetuned/<task>/`), as `predict_proba`: the last stage, or
+a middle stage (kind "small") when it is a smaller model, e.g. the first layers of the same pretrain.
 
 Tokenization, truncation and batching are eval.glue's, so the cascade routes to exactly the model that was scored.
 FLOPs per input come from budget/flops.py: the encoder trunk at each input's own token length (batches are
@@ -8,6 +9,7 @@ length-sorted, so padding is small) plus the pooled classifier head, which runs 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -30,11 +32,14 @@ def classifier_flops(cfg: ModelConfig, n_tokens: int, num_labels: int) -> float:
     return n_tokens * trunk + 2.0 * cfg.d_model * (cfg.d_model + num_labels)
 
 
-class FinetunedClassifier:
-    kind = "transformer"
+FILES = ("model.safetensors", "config.yaml", "tokenizer.json", "task.json")
 
+
+class FinetunedClassifier:
     def __init__(self, model: EncoderForSequenceClassification, tokenizer, labels: Sequence[str], max_len: int,
-                 task: str | None = None, batch_size: int = 64, device: str = "auto"):
+                 task: str | None = None, batch_size: int = 64, device: str = "auto", kind: str = "transformer",
+                 path: Path | None = None):
+        self.kind, self.path = kind, path  # path: the fine-tuned dir it was loaded from
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         self.tokenizer, self.labels, self.max_len = tokenizer, list(labels), max_len
@@ -65,11 +70,20 @@ class FinetunedClassifier:
         return float(total / max(1, len(lengths)))
 
 
-def load_transformer(ft_dir: str | Path, device: str = "auto") -> FinetunedClassifier:
+    def save(self, directory: Path, name: str) -> list[str]:
+        """As a middle stage it travels with the cascade: its fine-tuned dir is copied to `directory/name/`."""
+        if self.path is None:
+            raise CramlmError(f"the {self.kind} stage was not loaded from a fine-tuned dir: nothing to copy")
+        (Path(directory) / name).mkdir(parents=True, exist_ok=True)
+        for f in FILES:
+            shutil.copyfile(self.path / f, Path(directory) / name / f)
+        return [f"{name}/{f}" for f in FILES]
+
+
+def load_transformer(ft_dir: str | Path, device: str = "auto", kind: str = "transformer") -> FinetunedClassifier:
     """Load `finetuned/<task>/` (model.safetensors, config.yaml, tokenizer.json, task.json)."""
     ft_dir = Path(ft_dir)
-    missing = [f for f in ("model.safetensors", "config.yaml", "tokenizer.json", "task.json")
-               if not (ft_dir / f).is_file()]
+    missing = [f for f in FILES if not (ft_dir / f).is_file()]
     if missing:
         raise CramlmError(f"{ft_dir} is not a fine-tuned classifier (no {missing[0]}); make one with "
                           "`cramlm eval glue RUN_DIR --tasks TASK`, which keeps RUN_DIR/finetuned/<task>/")
@@ -81,4 +95,4 @@ def load_transformer(ft_dir: str | Path, device: str = "auto") -> FinetunedClass
     load_model(model, str(ft_dir / "model.safetensors"))
     return FinetunedClassifier(model, load_tokenizer(ft_dir / "tokenizer.json"), info["label_names"],
                                int(info.get("max_seq_len", cfg.model.max_seq_len)), info.get("task"),
-                               device=device)
+                               device=device, kind=kind, path=ft_dir)

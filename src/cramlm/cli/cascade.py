@@ -30,6 +30,10 @@ def fit(
     max_train_examples: Optional[int] = typer.Option(None, "--max-train-examples", min=1,
                                                      help="Train the linear stage on the first N examples "
                                                           "(default: all)."),
+    small: Optional[Path] = typer.Option(None, "--small",
+                                         help="A smaller fine-tuned classifier of the same task, tried after the "
+                                              "linear stage (e.g. SMALL_RUN/finetuned/sst2, from `cramlm cascade "
+                                              "shrink` + `cramlm eval glue`; default: none)."),
     hash_bits: int = typer.Option(19, "--hash-bits", min=8, max=24,
                                   help="Hashed features per n-gram kind (word, char) = 2**bits (default 19: "
                                        "4 MB of weights per label column)."),
@@ -40,10 +44,24 @@ def fit(
     from cramlm.cascade.report import summary_rows
 
     cascade = fit_cascade(ft_dir, task, out, max_drop, rules, linear, max_train_examples,
-                          HashingParams(n_features=2**hash_bits), log=lambda m: typer.echo(m, err=True))
+                          HashingParams(n_features=2**hash_bits), small, log=lambda m: typer.echo(m, err=True))
     for name, value in summary_rows(cascade.calibration):
         typer.echo(f"{name}: {value}")
     typer.echo(f"cascade written to {out}")
+
+
+@app.command("shrink")
+def shrink(
+    run_dir: Path = typer.Argument(..., help="Pretrained run dir (from `cramlm train`) to take the layers from."),
+    layers: int = typer.Option(..., "--layers", min=1, help="Keep the first N transformer layers (N below the "
+                                                            "run's own count)."),
+    out: Path = typer.Option(..., "--out", help="New run dir to write (final/ + tokenizer.json)."),
+) -> None:
+    """Make a smaller run dir from the first layers of a pretrained encoder, to fine-tune as the --small stage."""
+    from cramlm.cascade.small import shrink_run
+
+    typer.echo(f"wrote {shrink_run(run_dir, layers, out)}: fine-tune it with `cramlm eval glue {out} --tasks TASK`, "
+               f"then pass {out}/finetuned/TASK to `cramlm cascade fit --small`")
 
 
 @app.command("predict")
