@@ -19,10 +19,10 @@ def _sentences(rng, n, cue):
     return [" ".join([*rng.choice(WORDS, 4), cue, *rng.choice(WORDS, int(rng.integers(1, 8)))]) for _ in range(n)]
 
 
-def make_run_dir(path, arch="encoder"):
+def make_run_dir(path, arch="encoder", model="tiny"):
     """A tiny pretrained run dir in the layout the trainer writes: final/ weights + config, tokenizer.json."""
     tok = train_tokenizer([" ".join(WORDS + ["good", "bad"])] * 20, vocab_size=120)
-    cfg = resolve_config(model="tiny", overrides=[
+    cfg = resolve_config(model=model, overrides=[
         f"model.arch={arch}", "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.d_ff=64",
         f"model.vocab_size={tok.get_vocab_size()}", "model.max_seq_len=64", "train.device=cpu"])
     path.mkdir(parents=True)

@@ -120,7 +120,7 @@ def fill_mask(
     from cramlm.eval.fill_mask import fill_mask as predict
     from cramlm.eval.loading import load_pretrained
 
-    pre = load_pretrained(run_dir)
+    pre = load_pretrained(run_dir, "fill-mask")
     for i, options in enumerate(predict(pre.model, pre.tokenizer, text, top_k), start=1):
         print(f"[MASK] {i}: " + "  ".join(f"{token} {p:.3f}" for token, p in options))
 

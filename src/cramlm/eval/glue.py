@@ -334,7 +334,7 @@ def evaluate_glue(
     """Fine-tune and score each task for each seed; write `results/glue.json` and `finetuned/<task>/` (the best
     seed's classifier with its config, label names and tokenizer, ready to serve). `overrides` update `cfg.eval`."""
     start = time.time()
-    pre = load_pretrained(model_dir)
+    pre = load_pretrained(model_dir, "glue")
     if pre.cfg.model.arch != "encoder":
         raise CramlmError(f"GLUE fine-tuning needs an encoder; {model_dir} holds a {pre.cfg.model.arch}")
     ev = pre.cfg.eval.model_copy(update={k: v for k, v in (overrides or {}).items() if v is not None})

@@ -247,7 +247,7 @@ def evaluate_ppl(model_dir: str | Path, text_file: str | Path, *, stride: int | 
                  window: int | None = None, max_tokens: int | None = None) -> Result:
     """Perplexity of a run dir's model on a text file; writes `results/ppl.json`."""
     start = time.time()
-    pre = load_pretrained(model_dir)
+    pre = load_pretrained(model_dir, "ppl")
     window = min(window or pre.cfg.model.max_seq_len, pre.cfg.model.max_seq_len)
     out = perplexity(pre.model, pre.tokenizer, read_text(text_file), window=window, stride=stride,
                      max_tokens=max_tokens)
@@ -263,7 +263,7 @@ def evaluate_ppl(model_dir: str | Path, text_file: str | Path, *, stride: int | 
 def evaluate_lambada(model_dir: str | Path, data_file: str | Path, *, limit: int | None = None) -> Result:
     """LAMBADA last-word accuracy and perplexity of a run dir's model; writes `results/lambada.json`."""
     start = time.time()
-    pre = load_pretrained(model_dir)
+    pre = load_pretrained(model_dir, "lambada")
     passages = read_lambada(data_file)[:limit]
     out = lambada(pre.model, pre.tokenizer, passages, window=pre.cfg.model.max_seq_len)
     result = Result("lambada", str(model_dir), {"accuracy": out["accuracy"], "ppl": out["ppl"]},
@@ -303,7 +303,7 @@ def evaluate_mlm(model_dir: str | Path, *, text_file: str | Path | None = None, 
     if (text_file is None) == (data_dir is None):
         raise CramlmError("give either a text file or a dataset dir to compute the held-out loss on")
     start = time.time()
-    pre = load_pretrained(model_dir)
+    pre = load_pretrained(model_dir, "mlm")
     objective = "mlm" if pre.cfg.model.arch == "encoder" else "causal"
     mask_rate = mask_rate or pre.cfg.train.mask_rate
     if data_dir is not None:

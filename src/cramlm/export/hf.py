@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -303,9 +304,12 @@ def import_model(hf_dir: str | Path) -> tuple[nn.Module, ModelConfig]:
     try:
         hf_cfg = json.loads((hf_dir / "config.json").read_text())
         hf_state = load_file(str(hf_dir / "model.safetensors"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SafetensorError) as e:
         raise CramlmError(f"{hf_dir} is not a transformers checkpoint: {e}") from None
-    cfg, target, task, num_labels = _from_hf_config(hf_cfg)
+    try:
+        cfg, target, task, num_labels = _from_hf_config(hf_cfg)
+    except (KeyError, TypeError) as e:
+        raise CramlmError(f"{hf_dir}/config.json lacks or mistypes a field cramlm needs: {e}") from None
     model = EncoderForSequenceClassification(cfg, num_labels) if task == "classification" else build_model(cfg)
     if "bert.embeddings.token_type_embeddings.weight" in hf_state:  # segment 0 folds into the positions
         hf_state["bert.embeddings.position_embeddings.weight"] = (
