@@ -1,6 +1,6 @@
 """Two gloo processes on the CPU must train exactly like one process (ddp, zero1, fsdp ZeRO-2/3, tp), their
-checkpoints must resume at another world size, and a wall-clock budget must stop both ranks at the same step;
-the real trainer must run and resume on two ranks.
+sharded checkpoints must resume at another world size, and a wall-clock budget must stop both ranks at the same
+step; the real trainer must run, checkpoint (sharded) and resume on two ranks, and count its budget the same.
 
 One torchrun launch does every check (each launch costs seconds of imports); this file is also the worker script
 that launch runs.
@@ -21,6 +21,8 @@ import torch
 
 from cramlm.config import ModelConfig, TrainConfig
 from cramlm.models.registry import build_model
+from cramlm.train import checkpoint as ckpt
+from cramlm.train.logging import read_metrics
 from cramlm.train.budget import Budget
 from cramlm.train.distributed import Distributed, clip_gradients, resolve_strategy
 from cramlm.units import parse_quantity
@@ -90,17 +92,12 @@ def worker(out: Path) -> None:
         assert d.world_size == 2 and d.strategy == strategy
         model, opt = fresh(d, cfg)
         train(d, model, opt, batches(STEPS))
-        full = d.full_state_dict(model)
-        if d.is_main:
-            torch.save(full, out / f"{name}.pt")
-        d.save(out / f"ckpt-{name}", model, opt)
+        ckpt.write_state(out / f"ckpt-{name}", model, opt)
         # resume what one process saved after STEPS steps and take the next two steps here
         model, opt = fresh(d, cfg)
-        d.load(out / "ckpt-single", model, opt)
+        ckpt.read_state(out / "ckpt-single", model, opt)
         train(d, model, opt, batches(2, first=STEPS))
-        full = d.full_state_dict(model)
-        if d.is_main:
-            torch.save(full, out / f"resumed-{name}.pt")
+        ckpt.write_state(out / f"resumed-{name}", model)
     # budget: rank 1's clock runs an hour ahead, so alone it would stop at once; rank 0 decides for both
     cfg = train_config("ddp")
     d = Distributed.from_env(cfg)
@@ -123,7 +120,8 @@ def worker(out: Path) -> None:
 
 
 def trainer_worker(out: Path, rank: int) -> None:
-    """The real trainer on two ranks: resume a one-process run under ZeRO-3, a fresh ZeRO-1 run, a timed run."""
+    """The real trainer on two ranks: resume a one-process run under ZeRO-3, a fresh ZeRO-1 run, a timed run.
+    Every checkpoint is sharded: each rank writes its own file."""
     from cramlm.train.distributed import DistributedStrategy
     from cramlm.train.trainer import train as run
 
@@ -134,7 +132,7 @@ def trainer_worker(out: Path, rank: int) -> None:
 
     results = {
         "resumed": go(out / "run-single", "budget.limit=6steps", "train.strategy=fsdp", resume=True),
-        "zero1": go(out / "run-zero1", "budget.limit=4steps", "train.strategy=zero1"),
+        "zero1": go(out / "run-zero1", "budget.limit=4steps", "train.strategy=zero1", "train.batch_ramp=none"),
         "timed": go(out / "run-timed", "budget.limit=2s", "train.strategy=ddp", "train.batch_ramp=none"),
     }
     (out / f"trainer-{rank}.json").write_text(json.dumps(results, default=str))
@@ -181,13 +179,12 @@ def test_two_ranks_train_like_one_resume_across_world_sizes_and_share_the_budget
     model, opt = fresh(single, cfg)
     init = {k: v.clone() for k, v in model.state_dict().items()}
     train(single, model, opt, batches(STEPS))
-    single.save(tmp_path / "ckpt-single", model, opt)
+    ckpt.write_state(tmp_path / "ckpt-single", model, opt)
     reference = {k: v.clone() for k, v in model.state_dict().items()}
     train(single, model, opt, batches(2, first=STEPS))
     reference_resumed = model.state_dict()
     assert max_diff(init, reference) > 1e-2  # training moved the weights: equality below is not trivial
 
-    from cramlm.train import checkpoint as ckpt
     from cramlm.train.trainer import train as run
 
     data = prepare_data(tmp_path)
@@ -200,13 +197,13 @@ def test_two_ranks_train_like_one_resume_across_world_sizes_and_share_the_budget
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     for name in RUNS:
-        got = torch.load(tmp_path / f"{name}.pt", weights_only=True)
-        assert max_diff(got, reference) < 5e-5, name
-        resumed = torch.load(tmp_path / f"resumed-{name}.pt", weights_only=True)
-        assert max_diff(resumed, reference_resumed) < 5e-5, f"1 rank -> 2 ranks, {name}"
+        assert len(list((tmp_path / f"ckpt-{name}").glob("*.distcp"))) == 2, name  # one file per rank
+        model, _ = fresh(single, cfg)
+        ckpt.read_state(tmp_path / f"resumed-{name}", model)
+        assert max_diff(model.state_dict(), reference_resumed) < 5e-5, f"1 rank -> 2 ranks, {name}"
         # and back: the 2-rank checkpoint continues in one process
         model, opt = fresh(single, cfg)
-        single.load(tmp_path / f"ckpt-{name}", model, opt)
+        ckpt.read_state(tmp_path / f"ckpt-{name}", model, opt)
         assert max_diff(model.state_dict(), reference) < 5e-5, name
         train(single, model, opt, batches(2, first=STEPS))
         assert max_diff(model.state_dict(), reference_resumed) < 5e-5, f"2 ranks -> 1 rank, {name}"
@@ -222,11 +219,28 @@ def test_two_ranks_train_like_one_resume_across_world_sizes_and_share_the_budget
         assert ranks[0][name]["status"] == "completed"
     assert ranks[0]["resumed"]["steps"] == 6 and ranks[0]["zero1"]["steps"] == 4
     assert ranks[0]["timed"]["steps"] >= 1 and ranks[0]["timed"]["seconds"] < 6
-    model, _ = ckpt.load_model(tmp_path / "run-zero1")  # consolidated final weights load in one process
-    assert sum(p.numel() for p in model.parameters()) > 0
-    # and the 2-rank ZeRO-1 run continues in one process
-    res = run(tiny_run_config("budget.limit=6steps"), data, tmp_path / "run-zero1", resume=True, progress=False)
-    assert res["steps"] == 6
+    latest = ckpt.latest_checkpoint(tmp_path / "run-zero1")
+    assert latest.name == "step-4" and len(list(latest.glob("*.distcp"))) == 2  # sharded, committed
+    # the final weights are the last checkpoint's, consolidated into one file that one process loads
+    model, run_cfg = ckpt.load_model(tmp_path / "run-zero1")
+    sharded = build_model(run_cfg.model)
+    ckpt.read_state(latest, sharded)
+    assert max_diff(model.state_dict(), sharded.state_dict()) == 0
+    # and the 2-rank ZeRO-1 run continues in one process. The budget counts global steps and tokens (6 steps are
+    # 6 steps of the same global batch whatever the world size) and device-seconds (two devices, then one).
+    before = json.loads((latest / ckpt.STATE).read_text())["budget"]
+    more = ("budget.limit=6steps", "train.batch_ramp=none")
+    res = run(tiny_run_config(*more), data, tmp_path / "run-zero1", resume=True, progress=False)
+    one = run(tiny_run_config(*more), data, tmp_path / "run-one", progress=False)
+    assert res["steps"] == one["steps"] == 6 and res["tokens"] == one["tokens"] == 6 * 16 * 32
+    # with the batch ramp: a one-process run resumed on two ranks counts the global batches it ran
+    resumed = [r for r in read_metrics(tmp_path / "run-single") if "loss" in r]
+    assert ranks[0]["resumed"]["tokens"] == sum(r["batch_size"] for r in resumed) * 32
+    after = json.loads((ckpt.latest_checkpoint(tmp_path / "run-zero1") / ckpt.STATE).read_text())["budget"]
+    assert before["device_seconds"] == pytest.approx(2 * before["seconds"], rel=1e-3)
+    assert after["device_seconds"] - before["device_seconds"] == pytest.approx(after["seconds"] - before["seconds"],
+                                                                               rel=1e-3)
+    assert json.loads((tmp_path / "run-zero1" / "results" / "cost.json").read_text())["count"] == 1
 
 
 def test_strategy_resolution():

@@ -1,4 +1,5 @@
-"""`cramlm train --nproc 2` re-runs itself under torchrun (tensor parallel here); one process then resumes it."""
+"""`cramlm train --nproc 2` re-runs itself under torchrun (tensor parallel here); one process then resumes it and
+is billed for one device."""
 
 import json
 import os
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from test_distributed import TINY_RUN, prepare_data
 
+from cramlm.config import load_run_config
 from cramlm.train.distributed import torchrun_command
 
 
@@ -29,7 +31,10 @@ def test_nproc_trains_tensor_parallel_and_one_process_resumes(cli, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("4 steps") == 1  # one report, from rank 0
     assert json.loads((run / "results" / "train.json").read_text())["steps"] == 4
+    assert json.loads((run / "results" / "cost.json").read_text())["count"] == 2  # both processes are paid for
+    assert load_run_config(run / "config.yaml").budget.count == 1  # ... but that is not written into the config
 
     code, out, err = cli("train", "--resume", run, "--budget", "6steps")
     assert code == 0, err
     assert json.loads((run / "results" / "train.json").read_text())["steps"] == 6
+    assert json.loads((run / "results" / "cost.json").read_text())["count"] == 1

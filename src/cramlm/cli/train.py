@@ -61,8 +61,6 @@ def command(
     strategy = DistributedStrategy.from_env(cfg.train) if torchrun_env() else None
     if strategy is not None:
         run_dir = strategy.dist.share(run_dir)  # the default name from rank 0's clock
-        if cfg.budget.count == 1:  # peak FLOP/s (MFU) and cost count every device of the job
-            cfg.budget.count = strategy.dist.world_size
     data_dir = Path(positional[0]) if positional else data_dir_of(run_dir)
     results = train(cfg, data_dir, run_dir, resume=resume is not None, strategy=strategy)
     if strategy is not None:

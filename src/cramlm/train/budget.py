@@ -2,7 +2,9 @@
 
 A budget is one of wall-clock seconds, FLOPs, tokens, optimizer steps or dollars. Time budgets (seconds, dollars)
 run on a monotonic clock that keeps ticking through evaluation and checkpointing, so that time is counted, not
-hidden; the other kinds count work done, which makes a run deterministic and exactly resumable.
+hidden; the other kinds count work done, which makes a run deterministic and exactly resumable. Steps and tokens
+are global (all ranks together), and money is counted in device-seconds, so a run resumed on another number of
+devices keeps what it spent.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ class Budget:
         *,
         flops_per_token: float = 0.0,
         usd_per_hour: float = 0.0,
+        devices: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ):
+        """`usd_per_hour` is the price of one device; `devices` the number this session runs on."""
         if limit.kind == "flops" and flops_per_token <= 0:
             raise CramlmError("a FLOP budget needs the model's FLOPs per token")
         if limit.kind == "usd" and usd_per_hour <= 0:
@@ -36,11 +40,13 @@ class Budget:
         self.limit = limit
         self.flops_per_token = float(flops_per_token)
         self.usd_per_hour = float(usd_per_hour)
+        self.devices = int(devices)
         self.clock = clock
         self.steps = 0
         self.tokens = 0
         self.reserve = 0.0  # seconds kept back for the final evaluation and checkpoint
         self._seconds_before = 0.0  # spent in earlier sessions of a resumed run
+        self._device_seconds_before = 0.0  # the same, times the devices each session ran on
         self._t0: float | None = None
 
     @classmethod
@@ -50,11 +56,12 @@ class Budget:
         *,
         flops_per_token: float = 0.0,
         usd_per_hour: float = 0.0,
+        devices: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> "Budget":
-        """From a `BudgetConfig`; the caller resolves the price (per hour, all devices) from the hardware."""
+        """From a `BudgetConfig`; the caller resolves the price (per device-hour) from the hardware."""
         return cls(parse_quantity(cfg.limit), flops_per_token=flops_per_token, usd_per_hour=usd_per_hour,
-                   clock=clock)
+                   devices=devices, clock=clock)
 
     @property
     def kind(self) -> BudgetKind:
@@ -70,9 +77,17 @@ class Budget:
         self._t0 = self.clock()
 
     @property
+    def _running(self) -> float:
+        return 0.0 if self._t0 is None else self.clock() - self._t0
+
+    @property
     def seconds(self) -> float:
-        running = 0.0 if self._t0 is None else self.clock() - self._t0
-        return self._seconds_before + running
+        return self._seconds_before + self._running
+
+    @property
+    def device_seconds(self) -> float:
+        """Seconds times devices, summed over the sessions of the run: what the run is billed for."""
+        return self._device_seconds_before + self._running * self.devices
 
     @property
     def flops(self) -> float:
@@ -80,7 +95,7 @@ class Budget:
 
     @property
     def usd(self) -> float:
-        return self.seconds * self.usd_per_hour / 3600.0
+        return self.device_seconds * self.usd_per_hour / 3600.0
 
     def add(self, steps: int = 0, tokens: int = 0) -> None:
         """Record work done: optimizer steps and tokens processed (FLOPs follow from the tokens)."""
@@ -93,7 +108,7 @@ class Budget:
         if kind == "seconds":
             return self.seconds + ahead
         if kind == "usd":
-            return (self.seconds + ahead) * self.usd_per_hour / 3600.0
+            return self.usd + ahead * self.devices * self.usd_per_hour / 3600.0
         if kind == "flops":
             return self.flops
         if kind == "tokens":
@@ -114,7 +129,7 @@ class Budget:
         if self.kind == "seconds":
             return max(0.0, self.limit.amount - self.seconds)
         if self.kind == "usd":
-            return max(0.0, self.limit.amount * 3600.0 / self.usd_per_hour - self.seconds)
+            return max(0.0, (self.limit.amount - self.usd) * 3600.0 / (self.usd_per_hour * self.devices))
         p = self.progress()
         return None if p <= 0 else self.seconds * (1.0 - p) / p
 
@@ -124,11 +139,13 @@ class Budget:
                 "usd": self.usd}
 
     def state_dict(self) -> dict[str, float]:
-        return {"seconds": self.seconds, "steps": self.steps, "tokens": self.tokens}
+        return {"seconds": self.seconds, "device_seconds": self.device_seconds, "steps": self.steps,
+                "tokens": self.tokens}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         """Continue from a checkpoint: what was spent before stays spent."""
         self._seconds_before = float(state["seconds"])
+        self._device_seconds_before = float(state["device_seconds"])
         self.steps = int(state["steps"])
         self.tokens = int(state["tokens"])
         self._t0 = None

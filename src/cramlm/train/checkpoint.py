@@ -1,32 +1,56 @@
-"""Checkpoints that survive a crash at any moment, and loading a trained model back.
+"""Checkpoints that survive a crash at any moment, resume with any number of processes, and load back for eval.
 
-A checkpoint is a directory `checkpoints/step-N/` with `model.safetensors` (weights), `optimizer.pt` (optimizer
-and grad-scaler state), `trainer.pt` (RNG states, data-loader position: everything else a bit-exact resume needs)
-and `state.json` (step, budget spent, guard counters and a SHA-256 of every other file). It is written under a
-temporary name and renamed into place, so a directory named `step-N` is complete unless the disk lied; the checksums
-catch that, and loading falls back to the previous checkpoint with a warning.
+A checkpoint is a directory `checkpoints/step-N/` holding:
+
+- the model and optimizer state as a `torch.distributed.checkpoint` (DCP) directory: `.metadata` plus one
+  `__R_0.distcp` file per rank, in which each rank wrote only its own shards, keyed by parameter name, so no
+  rank gathers the full state and any world size or strategy can read it back (one process included);
+- `trainer.pt`: RNG states, the log window, the noise-scale estimate, the grad scaler (rank 0's);
+- `state.json`: step, budget spent, data position, guard counters and a SHA-256 of every other file.
+
+Every rank writes into `.step-N.tmp/`; rank 0 then checksums the files and renames the directory into place, so a
+directory named `step-N` is complete unless the disk lied. The checksums catch that, and `latest_checkpoint`
+falls back to the previous one with a warning. `final/model.safetensors` is the last checkpoint's weights
+consolidated into one file, which eval and export read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.distributed.tensor.placement_types import _StridedShard
 
 from cramlm.errors import CramlmError
 
-FORMAT = 1
+FORMAT = 2
 WEIGHTS = "model.safetensors"
 STATE = "state.json"
+TRAINER = "trainer.pt"
+METADATA = ".metadata"  # written last by DCP: the sharded state is complete when it exists
+# Flattened optimizer state is keyed per parameter name: ZeRO ranks hold disjoint keys, any world size can load it.
+_OPTIM_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+_KERNEL = ("fused", "foreach")  # optimizer flags that belong to the reader, not to the writer
 
 
 # ---------------------------------------------------------------- weights
@@ -57,7 +81,95 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-# ---------------------------------------------------------------- checkpoints
+# ---------------------------------------------------------------- sharded model and optimizer state
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The user's module under a DDP wrapper (FSDP2 and TP modify the module in place)."""
+    return getattr(model, "module", model)
+
+
+def _local(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer that holds this rank's state: ZeRO-1 keeps it in `.optim`."""
+    return getattr(optimizer, "optim", optimizer)
+
+
+def _collective() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def _quiet_single_process() -> Iterator[None]:
+    """A checkpoint written or read by one process is intended: no warning about it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    module = _unwrap(model)
+    state: dict[str, Any] = {"model": get_model_state_dict(module)}
+    if optimizer is not None:
+        state["optim"] = get_optimizer_state_dict(module, _local(optimizer), options=_OPTIM_OPTIONS)
+    return state
+
+
+def _gather_strided(state: dict[str, dict[str, Any]]) -> dict[tuple[str, str], DTensor]:
+    """Replace strided shards (the fused tensor-parallel projections) by whole tensors, in place, and return the
+    originals.
+
+    DCP describes each shard as one box of the global tensor; a strided shard is several, so those tensors are
+    stored whole (deduplicated across ranks) and split again after loading."""
+    strided = {}
+    for part, tensors in state.items():
+        for key, value in tensors.items():
+            if isinstance(value, DTensor) and any(isinstance(p, _StridedShard) for p in value.placements):
+                strided[part, key] = value
+                tensors[key] = value.full_tensor()
+    return strided
+
+
+def write_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Sharded save of the model (and optimizer) into the directory `path`. Collective: every rank calls it and
+    writes only its own shards; DCP's coordinator (rank 0) writes `.metadata` once all shards are on disk."""
+    state = _state(model, optimizer)
+    _gather_strided(state)
+    with _quiet_single_process():
+        dcp.save(state, checkpoint_id=Path(path), no_dist=not _collective())
+
+
+def read_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """Load a `write_state` directory, written by any world size and strategy, into this rank's shards.
+    Collective under torchrun."""
+    path = Path(path)
+    if not (path / METADATA).is_file():
+        raise CramlmError(f"{path} holds no sharded model state (no {METADATA})")
+    state = _state(model, optimizer)
+    strided = _gather_strided(state)
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=path, no_dist=not _collective())
+    for (part, key), like in strided.items():
+        state[part][key] = distribute_tensor(state[part][key], like.device_mesh, like.placements)
+    module = _unwrap(model)
+    set_model_state_dict(module, state["model"])
+    if optimizer is not None:
+        local = _local(optimizer)
+        kernels = [{k: g[k] for k in _KERNEL if k in g} for g in local.param_groups]
+        set_optimizer_state_dict(module, local, state["optim"], options=_OPTIM_OPTIONS)
+        for group, kernel in zip(local.param_groups, kernels):
+            group.update(kernel)
+
+
+def _read_weights(path: Path, module: nn.Module) -> None:
+    """This process alone reads the model part of a checkpoint into an unsharded `module` (rank 0 consolidating
+    while the other ranks move on, or eval in one process)."""
+    state = {"model": module.state_dict()}
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=Path(path), no_dist=True)
+    module.load_state_dict(state["model"])
+
+
+# ---------------------------------------------------------------- checkpoint directories
 
 
 def _sha256(path: Path) -> str:
@@ -68,7 +180,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file (or a directory's entries) to the disk; filesystems that cannot are left alone."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -82,7 +195,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Complete-looking checkpoint dirs of a run, oldest first."""
+    """Committed checkpoint dirs of a run, oldest first."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
@@ -90,39 +203,31 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def save_checkpoint(
-    run_dir: Path,
-    step: int,
-    model_state: dict[str, torch.Tensor],
-    optimizer_state: dict[str, Any],
-    trainer_state: dict[str, Any],
-    meta: dict[str, Any],
-    keep: int = 2,
-) -> Path:
-    """Write `checkpoints/step-N/` atomically, then delete all but the newest `keep` checkpoints."""
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
-    tmp = root / f".step-{step}.tmp"
+def begin(run_dir: Path, step: int) -> Path:
+    """Rank 0: an empty staging directory for step `step` (a leftover of a crashed save is cleared)."""
+    tmp = Path(run_dir) / "checkpoints" / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_weights(model_state, tmp / WEIGHTS)
-    torch.save(optimizer_state, tmp / "optimizer.pt")
-    torch.save(trainer_state, tmp / "trainer.pt")
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit(tmp: Path, step: int, trainer_state: dict[str, Any], meta: dict[str, Any], keep: int = 2) -> Path:
+    """Rank 0, once every rank's `write_state` into `tmp` returned: add the trainer state and the checksums, rename
+    `tmp` to `step-N`, and delete all but the newest `keep` checkpoints."""
+    torch.save(trainer_state, tmp / TRAINER)
     files = {}
     for p in sorted(tmp.iterdir()):
-        with open(p, "rb+") as f:
-            os.fsync(f.fileno())
+        _fsync(p)
         files[p.name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
-    state = {"format": FORMAT, "step": step, "files": files, **meta}
-    (tmp / STATE).write_text(json.dumps(state, indent=1))
-    with open(tmp / STATE, "rb+") as f:
-        os.fsync(f.fileno())
+    (tmp / STATE).write_text(json.dumps({"format": FORMAT, "step": step, "files": files, **meta}, indent=1))
+    _fsync(tmp / STATE)
+    root = tmp.parent
+    final = root / f"step-{step}"
     if final.exists():  # a step re-done after falling back from a corrupt checkpoint
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
-    for old in checkpoint_dirs(run_dir)[:-keep]:
+    _fsync(root)
+    for old in checkpoint_dirs(root.parent)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -134,7 +239,9 @@ def verify(path: Path) -> str | None:
         files = state["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"unreadable {STATE} ({type(e).__name__})"
-    for name in (WEIGHTS, "optimizer.pt", "trainer.pt"):
+    if state.get("format") != FORMAT:
+        return f"format {state.get('format')} (this cramlm reads format {FORMAT})"
+    for name in (METADATA, TRAINER):
         if name not in files:
             return f"{name} is not listed in {STATE}"
     for name, expected in files.items():
@@ -158,25 +265,19 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A verified checkpoint's parts: `model`, `optimizer`, `trainer` and `state` (the JSON)."""
-    problem = verify(path)
-    if problem is not None:
-        raise CramlmError(f"checkpoint {path} is corrupt: {problem}")
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's unsharded parts: `trainer` (trainer.pt) and `state` (state.json). The model and optimizer
+    come from `read_state(path, ...)`. `path` is one that `latest_checkpoint` verified."""
     path = Path(path)
-    return {
-        "model": load_weights(path / WEIGHTS),
-        "optimizer": torch.load(path / "optimizer.pt", map_location=map_location, weights_only=True),
-        "trainer": torch.load(path / "trainer.pt", map_location="cpu", weights_only=True),
-        "state": json.loads((path / STATE).read_text()),
-    }
+    return {"trainer": torch.load(path / TRAINER, map_location="cpu", weights_only=True),
+            "state": json.loads((path / STATE).read_text())}
 
 
 # ---------------------------------------------------------------- trained models
 
 
 def save_final(run_dir: Path, model_state: dict[str, torch.Tensor], cfg: Any) -> Path:
-    """`final/model.safetensors` + `final/config.yaml`: what eval and export read."""
+    """`final/model.safetensors` + `final/config.yaml`, written atomically: what eval and export read."""
     final = Path(run_dir) / "final"
     tmp = Path(run_dir) / ".final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -189,20 +290,31 @@ def save_final(run_dir: Path, model_state: dict[str, torch.Tensor], cfg: Any) ->
     return final
 
 
-def _weights_and_config(path: Path) -> tuple[Path, Path]:
-    """Find the weights and the config for a run dir, its `final/`, or one checkpoint dir."""
+def consolidate(checkpoint: Path, run_dir: Path, cfg: Any, module: nn.Module) -> Path:
+    """`final/` from a checkpoint's sharded weights, read by this process alone: one safetensors file, whatever
+    the world size and strategy that wrote them. `module` is an unsharded instance of the model, typically built on
+    the meta device (only its structure is used); `cfg` is the run's RunConfig."""
+    module.to_empty(device="cpu")  # storage only: every persistent tensor is read from the checkpoint
+    _read_weights(checkpoint, module)
+    return save_final(run_dir, module.state_dict(), cfg)
+
+
+def _find(path: Path) -> tuple[Path, Path]:
+    """The weights (a safetensors file, or a checkpoint dir) and the config of a run dir, its `final/`, or one
+    checkpoint dir."""
     path = Path(path)
     if (path / "final" / WEIGHTS).is_file():
         path = path / "final"
-    elif not (path / WEIGHTS).is_file():
+    elif not (path / WEIGHTS).is_file() and not (path / STATE).is_file():
         latest = latest_checkpoint(path)
         if latest is None:
             raise CramlmError(f"{path} holds no trained model (no final/{WEIGHTS} and no valid checkpoint)")
         path = latest
+    weights = path / WEIGHTS if (path / WEIGHTS).is_file() else path
     for candidate in (path / "config.yaml", path.parent / "config.yaml", path.parent.parent / "config.yaml"):
         if candidate.is_file():
-            return path / WEIGHTS, candidate
-    raise CramlmError(f"no config.yaml found next to {path / WEIGHTS}")
+            return weights, candidate
+    raise CramlmError(f"no config.yaml found next to {path}")
 
 
 def load_model(run_dir_or_checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
@@ -210,11 +322,14 @@ def load_model(run_dir_or_checkpoint: str | Path, device: str | torch.device = "
     from cramlm.config import load_run_config
     from cramlm.models.registry import build_model
 
-    weights, config = _weights_and_config(Path(run_dir_or_checkpoint))
+    weights, config = _find(Path(run_dir_or_checkpoint))
     cfg = load_run_config(config)
     model = build_model(cfg.model)
     try:
-        model.load_state_dict(load_weights(weights))
-    except (SafetensorError, RuntimeError) as e:
+        if weights.is_dir():
+            _read_weights(weights, model)
+        else:
+            model.load_state_dict(load_weights(weights))
+    except (SafetensorError, RuntimeError, ValueError) as e:
         raise CramlmError(f"cannot load {weights}: {str(e).splitlines()[0]}") from None
     return model.to(device).eval(), cfg

@@ -16,9 +16,8 @@ method below is a no-op, so the trainer has one code path. `wrap` applies `train
 Every rank builds the same model from the same seed; the global batch is split over the data-parallel ranks, so
 the optimizer sees the same batch whatever the world size. Decisions that depend on a clock (stop, checkpoint,
 validate) are made by rank 0 and broadcast (`agree`), so that no rank runs past the budget or waits forever in a
-collective the others skipped. `DistributedStrategy` plugs all this into the trainer; its checkpoints gather full
-tensors in the single-process format. `Distributed.save`/`load` write sharded `torch.distributed.checkpoint`
-directories keyed by parameter name instead, which any world size and strategy can load.
+collective the others skipped. `DistributedStrategy` plugs all this into the trainer. Checkpoints are sharded
+(`checkpoint.write_state`: each rank writes its own shards), so any world size and strategy resumes them.
 """
 
 from __future__ import annotations
@@ -27,22 +26,12 @@ import contextlib
 import datetime
 import os
 import sys
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
@@ -53,10 +42,6 @@ from cramlm.train.optim import build_optimizer, param_groups
 from cramlm.train.trainer import Strategy
 
 STRATEGIES = ("single", "ddp", "zero1", "fsdp", "tp", "fsdp+tp")
-# Flattened optimizer state is keyed per parameter name: ZeRO ranks hold disjoint keys, any world size can load it.
-_OPTIM_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
-# Saved optimizer groups name the kernel a single process uses (fused AdamW): loading a state dict restores it.
-_SINGLE_KERNEL = {"fused": True, "foreach": None}
 
 
 def torchrun_env() -> bool:
@@ -246,37 +231,6 @@ class Distributed:
         if self.world_size > 1:
             dist.barrier()
 
-    # ------------------------------------------------------------------ checkpoints
-
-    def save(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Sharded save: every rank writes its own shards of the model and optimizer into `path` (a directory)."""
-        state = _state(model, optimizer)
-        _gather_strided(state)
-        with _quiet_single_process():
-            dcp.save(state, checkpoint_id=Path(path), no_dist=self.world_size == 1)
-
-    def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Load a `save` directory written by any world size and strategy into this rank's shards."""
-        path = Path(path)
-        if not (path / ".metadata").is_file():
-            raise CramlmError(f"{path} is not a distributed checkpoint (no .metadata)")
-        state = _state(model, optimizer)
-        strided = _gather_strided(state)
-        with _quiet_single_process():
-            dcp.load(state, checkpoint_id=path, no_dist=self.world_size == 1)
-        for (part, key), like in strided.items():
-            state[part][key] = distribute_tensor(state[part][key], like.device_mesh, like.placements)
-        set_model_state_dict(_unwrap(model), state["model"])
-        if optimizer is not None:
-            set_optimizer_state_dict(_unwrap(model), _local(optimizer), state["optim"], options=_OPTIM_OPTIONS)
-
-    def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The whole model as plain CPU tensors on rank 0 (empty on the others): the consolidated weights."""
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = get_model_state_dict(_unwrap(model), options=options)
-        return state if self.is_main else {}
-
-
 # ---------------------------------------------------------------------- strategies
 
 
@@ -347,49 +301,6 @@ class FusedColwise(ColwiseParallel):
         return outputs.to_local() if use_local_output else outputs
 
 
-# ---------------------------------------------------------------------- state dicts
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The user's module under a DDP wrapper (FSDP2 and TP modify the module in place)."""
-    return getattr(model, "module", model)
-
-
-def _local(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """The optimizer that holds this rank's state: ZeRO-1 keeps it in `.optim`."""
-    return getattr(optimizer, "optim", optimizer)
-
-
-def _state(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    module = _unwrap(model)
-    state: dict[str, Any] = {"model": get_model_state_dict(module)}
-    if optimizer is not None:
-        state["optim"] = get_optimizer_state_dict(module, _local(optimizer), options=_OPTIM_OPTIONS)
-    return state
-
-
-@contextlib.contextmanager
-def _quiet_single_process() -> Iterator[None]:
-    """A checkpoint written or read by one process is intended: no warning about it."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        yield
-
-
-def _gather_strided(state: dict[str, dict[str, Any]]) -> dict[tuple[str, str], DTensor]:
-    """Replace strided shards (the fused TP projections) by whole tensors, in place, and return the originals.
-
-    A checkpoint describes each shard as one box of the global tensor; a strided shard is several, so those
-    tensors are stored whole (deduplicated across ranks) and split again after loading."""
-    strided = {}
-    for part, tensors in state.items():
-        for key, value in tensors.items():
-            if isinstance(value, DTensor) and any(isinstance(p, _StridedShard) for p in value.placements):
-                strided[part, key] = value
-                tensors[key] = value.full_tensor()
-    return strided
-
-
 def gradient_norm(model: nn.Module) -> torch.Tensor:
     """Global L2 norm of the gradients, whatever mix of sharded (DTensor) and plain gradients the strategy left."""
     norms = []
@@ -418,15 +329,16 @@ def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:
 class DistributedStrategy(Strategy):
     """`trainer.Strategy` for a torchrun job. `rank` and `world_size` are the data-parallel ones (what the loader
     and the batch arithmetic need: tensor-parallel ranks of one group read the same data); `is_main` is global
-    rank 0. Checkpoints hold full tensors in the single-process format, so any world size resumes them."""
+    rank 0."""
 
     def __init__(self, d: Distributed, cfg: Any):
         if cfg.batch_ramp == "auto" and d.strategy not in ("single", "ddp", "zero1"):
             raise CramlmError(f"train.batch_ramp=auto reads one rank's whole micro-batch gradient, which "
                               f"{d.strategy} shards: use ddp or zero1, or batch_ramp=linear")
         super().__init__(d.device)
-        self.dist, self.cfg = d, cfg
+        self.dist = d
         self.rank, self.world_size = d.dp_rank, d.dp_size
+        self.devices = d.world_size
 
     @classmethod
     def from_env(cls, cfg: Any) -> "DistributedStrategy":
@@ -438,8 +350,7 @@ class DistributedStrategy(Strategy):
         return self.dist.is_main
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        self._model = self.dist.wrap(model)  # the optimizer-state hooks need the parameters' names
-        return self._model
+        return self.dist.wrap(model)
 
     def build_optimizer(self, model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
         return self.dist.optimizer(model, cfg)
@@ -456,63 +367,8 @@ class DistributedStrategy(Strategy):
     def average(self, values: torch.Tensor) -> torch.Tensor:
         return self.dist.mean(values)
 
-    def barrier(self) -> None:
-        self.dist.barrier()
-
-    def model_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        """Collective: every rank must call it; rank 0 gets the full weights."""
-        return self.dist.full_state_dict(module)
-
-    def load_model_state(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        set_model_state_dict(_unwrap(module), state, options=StateDictOptions(full_state_dict=True))
-
-    def _names(self, model: nn.Module) -> list[list[str]]:
-        """Parameter names per group, in the single-process optimizer's order (the checkpoint's integer ids)."""
-        module = _unwrap(model)
-        name_of = {id(p): n for n, p in module.named_parameters()}
-        groups = param_groups(module, self.cfg.weight_decay, self.cfg.decay_norms_and_biases)
-        return [[name_of[id(p)] for p in g["params"]] for g in groups]
-
-    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        """Collective: rank 0 gets the whole optimizer state as a single-process `AdamW.state_dict()`."""
-        if self.dist.strategy == "zero1":
-            optimizer.consolidate_state_dict(to=0)  # ZeRO keeps the single-process group layout
-            if not self.is_main:
-                return {}
-            state = optimizer.state_dict()
-            return {**state, "param_groups": [{**g, **_SINGLE_KERNEL} for g in state["param_groups"]]}
-        model = self._model
-        full = get_optimizer_state_dict(_unwrap(model), optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if not self.is_main:
-            return {}
-        names = self._names(model)
-        ids = {n: i for i, n in enumerate(n for group in names for n in group)}
-        hyper = {k: v for k, v in optimizer.param_groups[0].items() if k not in ("params", "weight_decay")}
-        groups = []
-        for group_names, group in zip(names, param_groups(_unwrap(model), self.cfg.weight_decay,
-                                                           self.cfg.decay_norms_and_biases)):
-            groups.append({**hyper, **_SINGLE_KERNEL, "weight_decay": group["weight_decay"],
-                           "params": [ids[n] for n in group_names]})
-        return {"state": {ids[n]: s for n, s in full["state"].items()}, "param_groups": groups}
-
-    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-        """Every rank passes the whole single-process state dict; each keeps its shard."""
-        if self.dist.strategy == "zero1":
-            kernel = {k: optimizer.param_groups[0][k] for k in _SINGLE_KERNEL}  # ours, not the writer's
-            optimizer.load_state_dict({**state, "param_groups": [{**g, **kernel} for g in state["param_groups"]]})
-            return
-        model = self._model
-        order = [n for group in self._names(model) for n in group]
-        by_name = {order[i]: s for i, s in state["state"].items()}
-        group_of = {n: i for i, g in enumerate(self._names(model)) for n in g}
-        name_of = {id(p): n for n, p in _unwrap(model).named_parameters()}
-        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [name_of[id(p)] for p in g["params"]]}
-                  for g in optimizer.param_groups]
-        for g in groups:  # the saved decay of each parameter's single-process group
-            g["weight_decay"] = state["param_groups"][group_of[g["params"][0]]]["weight_decay"]
-        set_optimizer_state_dict(_unwrap(model), optimizer, {"state": by_name, "param_groups": groups},
-                                 options=StateDictOptions(full_state_dict=True))
+    def share(self, obj: Any) -> Any:
+        return self.dist.share(obj)
 
 
 def torchrun_command(nproc: int, args: list[str]) -> list[str]:

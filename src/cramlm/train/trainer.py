@@ -1,8 +1,9 @@
 """The training loop: train the best model a budget allows, never lose work, show where the budget goes.
 
 One code path for one process and many: everything that differs between single-device and distributed training
-(wrapping the model, the optimizer's sharding, gradient sync during accumulation, gathering state for a
-checkpoint, the data shard) sits behind `Strategy`, which `train/distributed.py` subclasses.
+(wrapping the model, the optimizer's sharding, gradient sync during accumulation, the data shard) sits behind
+`Strategy`, which `train/distributed.py` subclasses. Checkpoints are sharded (`torch.distributed.checkpoint`) in
+every case, so one process and many write and read the same format.
 
 Per optimizer step the loop reads budget progress, sets the LR and the accumulation (batch ramp) from the
 schedules, runs the micro-batches, clips, and steps. It reads values back from the device only at log steps;
@@ -48,7 +49,8 @@ class Strategy:
     """One process on one device. The hooks below are all the loop knows about parallelism."""
 
     rank = 0
-    world_size = 1
+    world_size = 1  # data-parallel ranks
+    devices = 1  # processes (devices) of the job, tensor-parallel ones included
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -71,21 +73,9 @@ class Strategy:
     def clip(self, model: nn.Module, max_norm: float) -> torch.Tensor:
         return clip_gradients(model, max_norm)
 
-    def model_state(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        """The full (unsharded) weights, for checkpoints and `final/`."""
-        return module.state_dict()
-
-    def load_model_state(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        module.load_state_dict(state)
-
-    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-        return optimizer.state_dict()
-
-    def load_optimizer_state(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-        optimizer.load_state_dict(state)
-
-    def barrier(self) -> None:
-        pass
+    def share(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank (which checkpoint to load: rank 0 verifies, the others trust it)."""
+        return obj
 
     def agree(self, *flags: bool) -> tuple[bool, ...]:
         """Clock-driven decisions (stop, cut a step short, validate, checkpoint), made once for every rank."""
@@ -166,7 +156,9 @@ class Trainer:
         self.seq_len = self.dataset.seq_len
         self.fpt = flops_per_token(cfg.model, self.seq_len, t.mask_rate if self.objective == "mlm" else None)
         self.hw = hardware.resolve(cfg.budget.hardware, cfg.budget.price_per_hour)
-        self.peak = self.hw.peak(self._peak_dtype()) * cfg.budget.count
+        # devices of this session: every process of a torchrun job (MFU, price), never fewer than budget.count
+        self.devices = max(cfg.budget.count, self.strategy.devices)
+        self.peak = self.hw.peak(self._peak_dtype()) * self.devices
 
         torch.manual_seed(t.seed)
         if t.deterministic:
@@ -184,7 +176,7 @@ class Trainer:
         self.loader = BatchLoader(self.dataset, "train", self.objective, t.mask_rate, t.seed,
                                   self.strategy.rank, world, t.whole_word_mask)
         self.budget = Budget.from_config(cfg.budget, flops_per_token=self.fpt,
-                                         usd_per_hour=self.hw.usd_per_hour * cfg.budget.count)
+                                         usd_per_hour=self.hw.usd_per_hour, devices=self.devices)
         self.checkpoint_every = Interval(t.checkpoint_every, "train.checkpoint_every")
         self.val_every = Interval(t.val_every, "train.val_every")
         self.guard = Guard()
@@ -223,9 +215,11 @@ class Trainer:
 
     def train_step(self) -> None:
         t, progress = self.cfg.train, self.budget.progress()
-        accum = self.accum if t.batch_ramp == "auto" else accumulation_at(progress, t.batch_ramp, self.max_accum,
-                                                                          t.ramp_end)
-        world_batch = self.micro * self.strategy.world_size
+        world = self.strategy.world_size
+        accum = self.accum
+        if t.batch_ramp != "auto":  # the ramp counts global micro-batches, so it is the same on any world size
+            accum = -(-accumulation_at(progress, t.batch_ramp, self.max_accum * world, t.ramp_end) // world)
+        world_batch = self.micro * world
         lr = t.lr * self.guard.lr_mult * lr_scale(accum * world_batch, t.batch_size, t.lr_scaling) * lr_factor(
             progress, t.schedule, warmup=t.warmup, lr_start=t.lr_start, lr_end=t.lr_end, cooldown=t.cooldown)
         for group in self.optimizer.param_groups:
@@ -295,7 +289,7 @@ class Trainer:
         seconds = self.train_seconds - w["train_seconds"]
         tokens_per_s = w["tokens"] / seconds if seconds > 0 else 0.0
         spent = self.budget.spent
-        cost = self.cost(spent["seconds"])
+        cost = self.cost()
         record = {
             "step": self.step, "progress": self.budget.progress(), "tokens": spent["tokens"],
             "flops": spent["flops"], "seconds": spent["seconds"], "loss": loss if ok else None, "lr": self.lr,
@@ -341,11 +335,9 @@ class Trainer:
         g.lr_mult *= self.cfg.train.rollback_lr_factor
         g.rollbacks += 1
         g.skipped = g.spikes = 0
-        path = ckpt.latest_checkpoint(self.run_dir)
+        path = self._latest_checkpoint()
         if path is not None:
-            state = ckpt.load_checkpoint(path, map_location=self.device)
-            self.strategy.load_model_state(self.module, state["model"])
-            self.strategy.load_optimizer_state(self.optimizer, state["optimizer"]["optimizer"])
+            ckpt.read_state(path, self.model, self.optimizer)
         event = {"event": "rollback", "step": self.step, "reason": why, "to": path.name if path else None,
                  "lr_mult": g.lr_mult}
         self._log(event)
@@ -360,9 +352,10 @@ class Trainer:
         save_s = self.save_seconds if self.save_seconds is not None else 16 * self.n_params / 200e6
         self.budget.reserve = eval_s + 1.5 * save_s
 
-    def cost(self, seconds: float) -> dict[str, float]:
+    def cost(self) -> dict[str, float]:
+        """Cost of the device-seconds spent so far (every session of the run, on however many devices)."""
         b = self.cfg.budget
-        return costs.run_cost(seconds, self.hw, b.count, b.pue, b.region)
+        return costs.run_cost(self.budget.device_seconds, self.hw, 1, b.pue, b.region)
 
     # ------------------------------------------------------------ evaluation and checkpoints
 
@@ -377,11 +370,11 @@ class Trainer:
         return self.last_val
 
     def save(self) -> Path | None:
+        """Checkpoint (collective): every rank writes its shards, rank 0 adds the rest and commits the directory."""
         started = time.perf_counter()
-        self.strategy.barrier()
-        model_state = self.strategy.model_state(self.module)
-        optim_state = {"optimizer": self.strategy.optimizer_state(self.optimizer),
-                       "scaler": self.scaler.state_dict() if self.scaler else None}
+        tmp = ckpt.begin(self.run_dir, self.step) if self.strategy.is_main else None
+        tmp = self.strategy.share(tmp)  # also a barrier: the directory exists before anyone writes into it
+        ckpt.write_state(tmp, self.model, self.optimizer)
         path = None
         if self.strategy.is_main:
             rng = {"torch": torch.get_rng_state()}
@@ -389,7 +382,8 @@ class Trainer:
                 rng["cuda"] = torch.cuda.get_rng_state(self.device)
             trainer_state = {"rng": rng, "window": {k: v for k, v in self.window.items()
                                                     if isinstance(v, torch.Tensor)},
-                             "noise": self.noise.state_dict()}
+                             "noise": self.noise.state_dict(),
+                             "scaler": self.scaler.state_dict() if self.scaler else None}
             window_counts = {k: v for k, v in self.window.items() if not isinstance(v, torch.Tensor)}
             meta = {
                 "budget": self.budget.state_dict(), "loader": self.loader.state_dict(), "guard": asdict(self.guard),
@@ -397,23 +391,25 @@ class Trainer:
                 "intervals": {"checkpoint": self.checkpoint_every.last, "val": self.val_every.last},
                 "data_dir": str(self.data_dir), "last_val": self.last_val, "last_loss": self.last_loss,
             }
-            path = ckpt.save_checkpoint(self.run_dir, self.step, model_state, optim_state, trainer_state, meta,
-                                        keep=self.cfg.train.keep_checkpoints)
-        self.strategy.barrier()
+            path = ckpt.commit(tmp, self.step, trainer_state, meta, keep=self.cfg.train.keep_checkpoints)
+        path = self.strategy.share(path)
         self.save_seconds = time.perf_counter() - started
         return path
 
+    def _latest_checkpoint(self) -> Path | None:
+        """The newest valid checkpoint, chosen by rank 0 (which verifies the checksums) for every rank."""
+        return self.strategy.share(ckpt.latest_checkpoint(self.run_dir) if self.strategy.is_main else None)
+
     def restore(self) -> Path:
         """Continue from the newest valid checkpoint: weights, optimizer, RNG, data position, budget, guards."""
-        path = ckpt.latest_checkpoint(self.run_dir)
+        path = self._latest_checkpoint()
         if path is None:
             raise CramlmError(f"{self.run_dir} has no valid checkpoint to resume from")
-        state = ckpt.load_checkpoint(path, map_location=self.device)
-        self.strategy.load_model_state(self.module, state["model"])
-        self.strategy.load_optimizer_state(self.optimizer, state["optimizer"]["optimizer"])
-        if self.scaler and state["optimizer"].get("scaler"):
-            self.scaler.load_state_dict(state["optimizer"]["scaler"])
+        ckpt.read_state(path, self.model, self.optimizer)
+        state = ckpt.load_checkpoint(path)
         meta, extra = state["state"], state["trainer"]
+        if self.scaler and extra.get("scaler"):
+            self.scaler.load_state_dict(extra["scaler"])
         torch.set_rng_state(extra["rng"]["torch"])
         if "cuda" in extra["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(extra["rng"]["cuda"], self.device)
@@ -505,15 +501,16 @@ class Trainer:
         if self.window["steps"]:
             self.write_log()
         val_loss = self.validate()
-        self.save()
-        model_state = self.strategy.model_state(self.module)  # collective: every rank takes part
+        path = self.save()
         results = self.results(val_loss)
         if self.strategy.is_main:
-            ckpt.save_final(self.run_dir, model_state, self.cfg)
+            with torch.device("meta"):  # the structure only: consolidate reads the weights from the checkpoint
+                empty = build_model(self.cfg.model)
+            ckpt.consolidate(path, self.run_dir, self.cfg, empty)
             results = self.results(val_loss)  # seconds and cost now include writing final/
             _write_json(self.run_dir / "results" / "train.json", results)
             _write_json(self.run_dir / "results" / "cost.json", {**results["cost"], "hardware": self.hw.name,
-                                                                 "count": self.cfg.budget.count,
+                                                                 "count": self.devices,
                                                                  "seconds": results["seconds"]})
         return results
 
@@ -528,7 +525,7 @@ class Trainer:
             "flops_per_token": self.fpt, "params": param_counts(self.cfg.model)["total"],
             "skipped_steps": self.guard.skipped_total, "rollbacks": self.guard.rollbacks,
             "device": str(self.device), "hardware": self.hw.name, "precision": self.precision,
-            "cost": self.cost(spent["seconds"]), "data_dir": str(self.data_dir),
+            "cost": self.cost(), "data_dir": str(self.data_dir),
         }
 
 
