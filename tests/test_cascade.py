@@ -226,3 +226,14 @@ def test_label_mismatch_and_bad_rules_are_clear_errors(tmp_path, data, linear):
         LinearStage.fit(["a", "b"], [0, 0], LABELS, SMALL)
     with pytest.raises(CramlmError, match="not a cascade directory"):
         Cascade.load(tmp_path)
+
+
+def test_a_stage_costing_as_much_as_the_transformer_is_refused(data, linear):
+    _, (dx, dy), _, gold = data
+
+    class CheapOracle(Oracle):
+        def flops_per_example(self, texts):
+            return 10.0  # below the linear stage's sparse dot product on these sentences
+
+    with pytest.raises(CramlmError, match="the linear stage costs .* no less than the transformer's 10"):
+        calibrate_cascade([linear], dx, dy, LABELS, CheapOracle(gold))
