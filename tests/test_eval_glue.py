@@ -90,3 +90,20 @@ def test_length_sorted_batches_cover_every_example_once():
         assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
         spread = np.mean([np.ptp(lengths[b]) for b in batches])
         assert spread < 10  # sorted within chunks: far less padding than random batches (~50)
+
+
+def test_progress_in_a_log_file_is_a_line_with_the_time_left():
+    """Under nohup a live bar cannot draw: the progress becomes log lines with the steps done and the time left."""
+    from io import StringIO
+
+    from cramlm.eval.progress import GlueProgress
+
+    buf = StringIO()
+    with GlueProgress(Console(file=buf, width=200), total_steps=6, every_s=0) as progress:
+        progress.begin("rte seed 0", 3)
+        for step in range(1, 4):
+            progress.step(step, 0.5)
+        progress.end()
+    lines = buf.getvalue().strip().splitlines()
+    assert len(lines) == 3 and "rte seed 0: step 2/3, loss 0.500 | all tasks: step 2/6" in lines[1]
+    assert all("left" in line for line in lines)

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from tokenizers import Tokenizer
 
@@ -32,6 +31,7 @@ from cramlm.data.tokenizer import SPECIAL_TOKENS
 from cramlm.errors import CramlmError
 from cramlm.eval.loading import load_pretrained
 from cramlm.eval.metrics import METRICS
+from cramlm.eval.progress import GlueProgress
 from cramlm.eval.results import Result
 from cramlm.models.encoder import EncoderForSequenceClassification
 from cramlm.train.checkpoint import save_weights
@@ -277,9 +277,14 @@ def score(task: Task, pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {name: METRICS[name](pred, labels) for name in task.metrics}
 
 
+def finetune_steps(n_examples: int, batch_size: int, epochs: float) -> int:
+    """Optimizer steps of one fine-tuning: `epochs` passes of `batch_size` examples, the last one possibly partial."""
+    return max(1, math.ceil(epochs * math.ceil(n_examples / batch_size)))
+
+
 def finetune(encoder_state: dict[str, torch.Tensor], cfg: RunConfig, task: Task, train_ids: list[list[int]],
              train_labels: np.ndarray, seed: int, device: torch.device,
-             progress: Progress | None = None) -> EncoderForSequenceClassification:
+             progress: GlueProgress | None = None) -> EncoderForSequenceClassification:
     """Fine-tune a fresh classifier on the pretrained encoder with `cfg.eval`: AdamW, linear warm-up, then the
     schedule down to 0 over `epochs` passes (a fractional last epoch is allowed)."""
     ev = cfg.eval
@@ -290,10 +295,10 @@ def finetune(encoder_state: dict[str, torch.Tensor], cfg: RunConfig, task: Task,
     model.to(device).train()
     optimizer = torch.optim.AdamW(param_groups(model, ev.weight_decay), lr=ev.lr)
     lengths = np.array([len(x) for x in train_ids])
-    per_epoch = math.ceil(len(train_ids) / ev.batch_size)
-    total = max(1, math.ceil(ev.epochs * per_epoch))
+    total = finetune_steps(len(train_ids), ev.batch_size, ev.epochs)
     labels = torch.as_tensor(train_labels)
-    bar = progress.add_task(f"{task.name} seed {seed}", total=total, loss=float("nan")) if progress else None
+    if progress is not None:
+        progress.begin(f"{task.name} seed {seed}", total)
     step, batches = 0, []
     while step < total:
         if not batches:
@@ -310,10 +315,10 @@ def finetune(encoder_state: dict[str, torch.Tensor], cfg: RunConfig, task: Task,
         loss.backward()
         optimizer.step()
         step += 1
-        if progress is not None and (step % 10 == 0 or step == total):
-            progress.update(bar, completed=step, loss=loss.item())
+        if progress is not None:
+            progress.step(step, loss.item())
     if progress is not None:
-        progress.remove_task(bar)
+        progress.end()
     return model.eval()
 
 
@@ -349,13 +354,13 @@ def evaluate_glue(
     encoder_state = {k: v.detach().clone() for k, v in pre.model.state_dict().items()}
     console = console or Console(stderr=True)
 
+    trains = {task.name: read_split(glue_dir, task, "train").head(ev.max_train_examples) for task in task_list}
+    steps = sum(finetune_steps(len(t), ev.batch_size, ev.epochs) for t in trains.values()) * len(ev.seeds)
     details, metrics = {}, {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(),
-                  console=console, disable=not progress, transient=True) as bars:
+    with GlueProgress(console, steps, enabled=progress) as bars:
         for task in task_list:
             t0 = time.time()
-            train = read_split(glue_dir, task, "train").head(ev.max_train_examples)
+            train = trains[task.name]
             devs = {suffix: read_split(glue_dir, task, stem) for suffix, stem, _ in task.dev}
             train_ids = encode(pre.tokenizer, train, max_len)
             dev_ids = {s: encode(pre.tokenizer, d, max_len) for s, d in devs.items()}
@@ -375,7 +380,8 @@ def evaluate_glue(
                 details[entry] = {"task": task.name, "main": task.main, "metrics": summary,
                                   "train_examples": len(train), "dev_examples": len(d), "seconds": time.time() - t0}
                 metrics[entry] = 100 * summary[task.main]["mean"]
-            console.log(f"{task.name}: " + ", ".join(f"{e} {metrics[e]:.1f}" for e in details if e.startswith(task.name)))
+            done = ", ".join(f"{e} {metrics[e]:.1f}" for e in details if e.startswith(task.name))
+            console.log(f"{task.name}: {done} ({time.time() - t0:.0f}s)")
             result = _result(model_dir, glue_dir, task_list, metrics, details, ev, max_len, device, start)
             result.write(model_dir)  # after every task: a long run cut short keeps what it finished
     return result
