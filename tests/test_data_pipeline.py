@@ -279,6 +279,20 @@ def test_proxy_pruning_scores_unusual_documents_as_hard(tmp_path, monkeypatch):
     assert 40 <= len(kept) <= 60 and sum(t in odd for t in kept) >= 8
 
 
+def test_cli_prune_proxy_and_bad_method(dataset_dir, cli, tmp_path, monkeypatch):
+    from cramlm.data.prune import ProxyPruner
+
+    monkeypatch.setattr(ProxyPruner, "STEPS", 20)
+    tok = dataset_dir / "ds" / "tokenizer.json"
+    code, out, err = cli("prepare", dataset_dir / "src", "--out", tmp_path / "ds", "--tokenizer-file", tok,
+                         "--seq-len", "32", "--prune", "proxy", "--prune-keep", "0.6", "--quiet", "data.min_chars=8")
+    assert code == 0, err
+    m = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert m["prune"]["method"] == "proxy" and 0.3 * 400 <= m["dropped"]["pruned"] <= 0.5 * 400
+    code, _, err = cli("prepare", dataset_dir / "src", "--out", tmp_path / "x", "--prune", "hardest")
+    assert code == 2 and "proxy" in err
+
+
 def test_empty_val_split_is_counted_as_zero(dataset_dir, tmp_path, cli):
     cfg = CFG.model_copy(update={"val_fraction": 0.0, "tokenizer_file": str(dataset_dir / "ds" / "tokenizer.json")})
     m = prepare([str(dataset_dir / "src")], tmp_path / "ds", cfg, progress=False)

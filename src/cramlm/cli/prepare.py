@@ -37,7 +37,8 @@ def command(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with a data: section."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Take the data section of this recipe preset."),
     prune: Optional[str] = typer.Option(
-        None, "--prune", help="Prune documents by difficulty: cluster (k-means distance) or none (default)."
+        None, "--prune", help="Prune documents by difficulty: cluster (distance to the nearest k-means centroid), "
+        "proxy (masked-LM loss of a tiny model trained briefly on a sample) or none (default).",
     ),
     prune_keep: Optional[float] = typer.Option(
         None, "--prune-keep", help="Fraction of documents pruning keeps (the hardest ones). Default 0.7."
