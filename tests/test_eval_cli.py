@@ -68,3 +68,44 @@ def test_bad_input_is_one_line_exit_2(cli, runs, args, message):
     args = [a.replace("{run}", str(runs[0])) for a in args]
     code, _, err = cli("eval", *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_unigram_baseline_and_dataset_val_loss(cli, runs, tmp_path):
+    """`ppl --unigram DATASET` scores the same tokens under the add-one unigram model of the dataset's training
+    tokens; `mlm --data DATASET` scores its val split next to the unigram baseline on the same positions."""
+    import math
+
+    import numpy as np
+
+    from cramlm.data.store import Dataset
+    from cramlm.data.tokenizer import load_tokenizer
+
+    _, dec = runs
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"{i}.txt").write_text(f"document {i} : " + TEXT * (1 + i % 3))
+    code, _, err = cli("prepare", src, "--out", tmp_path / "ds", "--tokenizer-file", dec / "tokenizer.json",
+                       "--seq-len", "16", "--val-fraction", "0.2", "--quiet")
+    assert code == 0, err
+    text = tmp_path / "test.txt"
+    text.write_text("the big dog sat on the small mat .\n")
+    code, out, err = cli("eval", "ppl", dec, "--text", text, "--unigram", tmp_path / "ds", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    ds = Dataset(tmp_path / "ds")
+    counts = np.bincount(np.asarray(ds.sequences("train")).ravel(), minlength=ds.vocab_size)
+    ids = load_tokenizer(dec / "tokenizer.json").encode(text.read_text(), add_special_tokens=False).ids
+    expected = -sum(math.log((counts[i] + 1) / (counts.sum() + len(counts))) for i in ids)
+    assert result["details"]["unigram_nll"] == pytest.approx(expected, rel=1e-9)
+    assert result["metrics"]["unigram_word_ppl"] == pytest.approx(math.exp(expected / 9), rel=1e-9)
+    code, out, err = cli("eval", "mlm", dec, "--data", tmp_path / "ds", "--json")
+    assert code == 0, err
+    metrics = json.loads(out)["metrics"]
+    assert 0 < metrics["loss"] < 10 and 0 < metrics["unigram_loss"] < 10
+
+    (tmp_path / "other").mkdir()
+    code, _, err = cli("prepare", src, "--out", tmp_path / "other" / "ds", "--vocab-size", "200", "--quiet")
+    assert code == 0, err
+    code, _, err = cli("eval", "ppl", dec, "--text", text, "--unigram", tmp_path / "other" / "ds")
+    assert code == 2 and "another vocabulary" in err and len(err.strip().splitlines()) == 1

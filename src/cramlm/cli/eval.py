@@ -87,12 +87,16 @@ def ppl(
                                          "model.max_seq_len."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Score only the first N tokens "
                                              "(pseudo-perplexity of encoders costs one pass per token). Default: all."),
+    unigram: Optional[Path] = typer.Option(None, "--unigram", help="Dataset dir from `cramlm prepare` with the "
+                                           "model's tokenizer: also report the perplexity of its add-one unigram "
+                                           "model (training-token counts) on the same tokens. Default: none."),
     as_json: bool = JSON,
 ) -> None:
     """Perplexity per token and per word (sliding window); pseudo-perplexity for encoders."""
     from cramlm.eval.lm import evaluate_ppl
 
-    _show(evaluate_ppl(run_dir, text, stride=stride, window=window, max_tokens=max_tokens), as_json)
+    _show(evaluate_ppl(run_dir, text, stride=stride, window=window, max_tokens=max_tokens, unigram_data=unigram),
+          as_json)
 
 
 @app.command("lambada")

@@ -78,6 +78,11 @@ def unigram_counts(dataset: Any, rows_per_chunk: int = 1 << 14) -> np.ndarray:
     return counts
 
 
+def unigram_log_probs(counts: np.ndarray) -> np.ndarray:
+    """log P(token) under the add-one-smoothed unigram model of `counts`: every token id gets some mass."""
+    return np.log(counts + 1.0) - math.log(float(counts.sum()) + len(counts))
+
+
 def unigram_loss(
     dataset: Any,
     mask_rate: float = 0.15,
@@ -89,8 +94,7 @@ def unigram_loss(
 ) -> float:
     """Cross-entropy of an add-one-smoothed unigram model of the training tokens on the same held-out positions
     as `heldout_loss` with the same arguments."""
-    counts = unigram_counts(dataset) if counts is None else counts
-    log_p = np.log(counts + 1.0) - math.log(float(counts.sum()) + len(counts))
+    log_p = unigram_log_probs(unigram_counts(dataset) if counts is None else counts)
     total, count = 0.0, 0
     for batch in _val_batches(dataset, objective, mask_rate, n_batches, batch_size, seed):
         labels = batch["labels"]

@@ -135,10 +135,11 @@ def _at_positions(logits: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
 
 
 def perplexity(model: nn.Module, tokenizer: Tokenizer, text: str, *, window: int, stride: int | None = None,
-               max_tokens: int | None = None, batch_tokens: int = 8192) -> dict:
+               max_tokens: int | None = None, batch_tokens: int = 8192, unigram: np.ndarray | None = None) -> dict:
     """Perplexity of `text`: sliding-window for a causal model, pseudo-perplexity for an encoder.
     `max_tokens` scores only the first tokens (per-word perplexity is then left out: the word count is unknown);
-    `batch_tokens` bounds the tokens per forward pass (memory)."""
+    `batch_tokens` bounds the tokens per forward pass (memory). `unigram` (log P per token id) also scores the
+    same tokens under that unigram model: the baseline that says what the model learned beyond token counts."""
     ids = tokenizer.encode(text, add_special_tokens=False).ids
     truncated = max_tokens is not None and len(ids) > max_tokens
     ids = ids[:max_tokens] if truncated else ids
@@ -151,7 +152,7 @@ def perplexity(model: nn.Module, tokenizer: Tokenizer, text: str, *, window: int
     else:
         nll, count = pseudo_nll(model, ids, window, max(1, batch_tokens // window))
     words = None if truncated else count_words(text)
-    return {
+    out = {
         "kind": "perplexity" if causal else "pseudo-perplexity",
         "nll": nll, "tokens": count, "words": words,
         "token_ppl": _perplexity(nll, count),
@@ -159,6 +160,11 @@ def perplexity(model: nn.Module, tokenizer: Tokenizer, text: str, *, window: int
         "bits_per_token": nll / count / math.log(2),
         "window": window, "stride": stride if causal else None,
     }
+    if unigram is not None:
+        base = -float(unigram[np.asarray(ids)].sum())  # every token of the text is scored once, as above
+        out.update(unigram_nll=base, unigram_token_ppl=_perplexity(base, len(ids)),
+                   unigram_word_ppl=_perplexity(base, words) if words else None)
+    return out
 
 
 # ---------------------------------------------------------------- LAMBADA
@@ -244,20 +250,37 @@ def lambada(model: nn.Module, tokenizer: Tokenizer, passages: list[str], *, wind
 
 
 def evaluate_ppl(model_dir: str | Path, text_file: str | Path, *, stride: int | None = None,
-                 window: int | None = None, max_tokens: int | None = None) -> Result:
-    """Perplexity of a run dir's model on a text file; writes `results/ppl.json`."""
+                 window: int | None = None, max_tokens: int | None = None,
+                 unigram_data: str | Path | None = None) -> Result:
+    """Perplexity of a run dir's model on a text file, with the unigram baseline of the training tokens of
+    `unigram_data` (a dataset dir with the same tokenizer) when given; writes `results/ppl.json`."""
     start = time.time()
     pre = load_pretrained(model_dir, "ppl")
     window = min(window or pre.cfg.model.max_seq_len, pre.cfg.model.max_seq_len)
+    unigram = None if unigram_data is None else _unigram_log_probs(unigram_data, pre.tokenizer)
     out = perplexity(pre.model, pre.tokenizer, read_text(text_file), window=window, stride=stride,
-                     max_tokens=max_tokens)
-    metrics = {k: out[k] for k in ("token_ppl", "word_ppl", "bits_per_token") if out[k] is not None}
+                     max_tokens=max_tokens, unigram=unigram)
+    headline = ("token_ppl", "word_ppl", "bits_per_token", "unigram_token_ppl", "unigram_word_ppl")
+    metrics = {k: out[k] for k in headline if out.get(k) is not None}
     settings = {"text": str(text_file), "window": window, "stride": out["stride"], "max_tokens": max_tokens,
-                "kind": out["kind"]}
-    result = Result("ppl", str(model_dir), metrics, {k: out[k] for k in ("nll", "tokens", "words")}, settings,
-                    time.time() - start)
+                "kind": out["kind"], "unigram_data": str(unigram_data) if unigram_data else None}
+    details = {k: out[k] for k in ("nll", "tokens", "words", "unigram_nll") if k in out}
+    result = Result("ppl", str(model_dir), metrics, details, settings, time.time() - start)
     result.write(model_dir)
     return result
+
+
+def _unigram_log_probs(data_dir: str | Path, tokenizer: Tokenizer) -> np.ndarray:
+    """The add-one unigram model of a dataset dir's training tokens, refused unless its tokenizer is the model's."""
+    from cramlm.data.store import Dataset
+    from cramlm.data.tokenizer import load_tokenizer
+    from cramlm.eval.heldout import unigram_counts, unigram_log_probs
+
+    dataset = Dataset(data_dir)
+    if load_tokenizer(dataset.tokenizer_path).get_vocab() != tokenizer.get_vocab():
+        raise CramlmError(f"{data_dir} was tokenized with another vocabulary than the model's: its unigram "
+                          f"baseline would score other tokens")
+    return unigram_log_probs(unigram_counts(dataset))
 
 
 def evaluate_lambada(model_dir: str | Path, data_file: str | Path, *, limit: int | None = None) -> Result:
