@@ -252,8 +252,23 @@ def test_strategy_resolution():
 
     with pytest.raises(CramlmError, match="tp_size"):
         resolve_strategy("fsdp+tp", 4, 3)
-    with pytest.raises(CramlmError, match="deepspeed is not implemented"):
-        resolve_strategy("deepspeed", 2, 1)
+    assert resolve_strategy("deepspeed", 2, 1) == "deepspeed"
+    assert resolve_strategy("deepspeed", 1, 1) == "single"
+    with pytest.raises(CramlmError, match="tp_size=1"):
+        resolve_strategy("deepspeed", 4, 2)
+
+
+def test_deepspeed_config_follows_the_train_config():
+    from cramlm.train.deepspeed_strategy import deepspeed_config
+
+    cfg = TrainConfig(grad_clip=0.7, deepspeed={"stage": 3, "offload": True})
+    ds = deepspeed_config(cfg, 8)
+    assert ds["zero_optimization"] == {"stage": 3, "offload_optimizer": {"device": "cpu"},
+                                       "offload_param": {"device": "cpu"}}
+    assert ds["gradient_clipping"] == 0.7 and ds["train_micro_batch_size_per_gpu"] == 8
+    assert ds["gradient_accumulation_steps"] == 1 and ds["managed_gradient_accumulation"] is False
+    assert "offload_param" not in deepspeed_config(TrainConfig(deepspeed={"stage": 2, "offload": True}), 8)[
+        "zero_optimization"]
 
 
 def test_batch_ramp_auto_needs_whole_gradients_on_each_rank():

@@ -216,9 +216,9 @@ def commit(tmp: Path, step: int, trainer_state: dict[str, Any], meta: dict[str, 
     `tmp` to `step-N`, and delete all but the newest `keep` checkpoints."""
     torch.save(trainer_state, tmp / TRAINER)
     files = {}
-    for p in sorted(tmp.iterdir()):
+    for p in sorted(q for q in tmp.rglob("*") if q.is_file()):
         _fsync(p)
-        files[p.name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        files[str(p.relative_to(tmp))] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
     (tmp / STATE).write_text(json.dumps({"format": FORMAT, "step": step, "files": files, **meta}, indent=1))
     _fsync(tmp / STATE)
     root = tmp.parent
@@ -241,9 +241,8 @@ def verify(path: Path) -> str | None:
         return f"unreadable {STATE} ({type(e).__name__})"
     if state.get("format") != FORMAT:
         return f"format {state.get('format')} (this cramlm reads format {FORMAT})"
-    for name in (METADATA, TRAINER):
-        if name not in files:
-            return f"{name} is not listed in {STATE}"
+    if TRAINER not in files:
+        return f"{TRAINER} is not listed in {STATE}"
     for name, expected in files.items():
         p = Path(path) / name
         if not p.is_file():

@@ -12,6 +12,7 @@ method below is a no-op, so the trainer has one code path. `wrap` applies `train
 - `tp`: Megatron-style tensor parallelism: QKV and the feed-forward input are split by columns, the attention and
   feed-forward outputs by rows, so each block needs one all-reduce forward and one backward.
 - `fsdp+tp`: the two on a 2-D mesh (dp x tp): TP inside a node, FSDP across.
+- `deepspeed`: DeepSpeed's engine and ZeRO instead (`train/deepspeed_strategy.py`, optional extra).
 
 Every rank builds the same model from the same seed; the global batch is split over the data-parallel ranks, so
 the optimizer sees the same batch whatever the world size. Decisions that depend on a clock (stop, checkpoint,
@@ -41,7 +42,7 @@ from cramlm.errors import CramlmError
 from cramlm.train.optim import build_optimizer, param_groups
 from cramlm.train.trainer import Strategy
 
-STRATEGIES = ("single", "ddp", "zero1", "fsdp", "tp", "fsdp+tp")
+STRATEGIES = ("single", "ddp", "zero1", "fsdp", "tp", "fsdp+tp", "deepspeed")
 
 
 def torchrun_env() -> bool:
@@ -61,13 +62,12 @@ def pick_device(name: str, local_rank: int) -> torch.device:
 
 def resolve_strategy(strategy: str, world_size: int, tp_size: int) -> str:
     """`auto` is DDP on several processes (TP when `tp_size` > 1); one process is always `single`."""
-    if strategy == "deepspeed":
-        raise CramlmError("train.strategy=deepspeed is not implemented: use zero1, or fsdp (ZeRO-2/3 by "
-                          "train.fsdp.reshard_after_forward, offload by train.fsdp.cpu_offload)")
     if world_size == 1:
         return "single"
     if strategy == "auto":
         strategy = "ddp" if tp_size == 1 else ("tp" if tp_size == world_size else "fsdp+tp")
+    if strategy == "deepspeed" and tp_size > 1:
+        raise CramlmError("train.strategy=deepspeed is data parallel (ZeRO): set train.tp_size=1")
     if strategy in ("tp", "fsdp+tp"):
         tp = world_size if strategy == "tp" else tp_size
         if tp < 2 or world_size % tp:
@@ -342,8 +342,13 @@ class DistributedStrategy(Strategy):
 
     @classmethod
     def from_env(cls, cfg: Any) -> "DistributedStrategy":
-        """From a TrainConfig, inside torchrun."""
-        return cls(Distributed.from_env(cfg), cfg)
+        """From a TrainConfig, inside torchrun (DeepSpeed's engine for train.strategy=deepspeed)."""
+        d = Distributed.from_env(cfg)
+        if d.strategy == "deepspeed":
+            from cramlm.train.deepspeed_strategy import DeepSpeedStrategy
+
+            return DeepSpeedStrategy(d, cfg)
+        return cls(d, cfg)
 
     @property
     def is_main(self) -> bool:

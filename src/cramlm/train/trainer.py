@@ -70,8 +70,43 @@ class Strategy:
         """Context for micro-batches whose gradients need no all-reduce yet."""
         return contextlib.nullcontext()
 
+    def compile(self, model: nn.Module) -> nn.Module:
+        return torch.compile(model)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
     def clip(self, model: nn.Module, max_norm: float) -> torch.Tensor:
         return clip_gradients(model, max_norm)
+
+    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, max_norm: float, loss: torch.Tensor,
+             scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clip, step and zero the gradients; a step whose gradients or loss are not finite is skipped. Returns the
+        gradient norm before clipping and the 0/1 skipped flag, as device tensors (no sync on the fused path)."""
+        if scaler:
+            scaler.unscale_(optimizer)
+        grad_norm = self.clip(model, max_norm)
+        found_inf = skip_if_nonfinite(optimizer, grad_norm, loss)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        elif optimizer.defaults.get("fused") or not bool(found_inf):  # fused: skipped on the device
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return grad_norm, found_inf
+
+    def write_state(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Every rank writes its part of the model and optimizer state into the checkpoint dir `path`."""
+        ckpt.write_state(path, model, optimizer)
+
+    def read_state(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        ckpt.read_state(path, model, optimizer)
+
+    def consolidate(self, path: Path, run_dir: Path, cfg: RunConfig) -> None:
+        """Rank 0 alone: `final/` (one safetensors file) from the checkpoint `path`."""
+        with torch.device("meta"):  # the structure only: the weights are read from the checkpoint
+            empty = build_model(cfg.model)
+        ckpt.consolidate(path, run_dir, cfg, empty)
 
     def share(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank (which checkpoint to load: rank 0 verifies, the others trust it)."""
@@ -171,7 +206,7 @@ class Trainer:
         self.model = self.strategy.wrap(self.module)
         self.optimizer = self.strategy.build_optimizer(self.model, t)
         use_compile = self.device.type == "cuda" if t.compile == "auto" else bool(t.compile)
-        self.forward = torch.compile(self.model) if use_compile else self.model
+        self.forward = self.strategy.compile(self.model) if use_compile else self.model
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.loader = BatchLoader(self.dataset, "train", self.objective, t.mask_rate, t.seed,
                                   self.strategy.rank, world, t.whole_word_mask)
@@ -229,34 +264,26 @@ class Trainer:
         small_sq = None
         done = 0
         for i, batch in enumerate(self._batches(accum)):
-            last = i == accum - 1
+            # a budget that runs out mid-step makes this micro-batch the last: it synchronises the gradients
+            last = i == accum - 1 or (i > 0 and self._cut_short())
             with (contextlib.nullcontext() if last else self.strategy.no_sync(self.model)), self._autocast():
                 loss = self.forward(**batch).loss
                 scaled = loss.float() / accum
-                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                self.strategy.backward(self.scaler.scale(scaled) if self.scaler else scaled)
             loss_sum += loss.detach().float()
             done += 1
             if t.batch_ramp == "auto" and i == 0 and accum > 1:
                 unscale = self.scaler.get_scale() ** 2 if self.scaler else 1.0
                 small_sq = self.strategy.average(_grad_sq_norm(self.module)) * accum**2 / unscale
-            if not last and self._cut_short():
+            if last:
                 break
         if done < accum:  # the budget ran out mid-step: average over the micro-batches actually run
             for p in self.module.parameters():
                 if p.grad is not None:
                     p.grad.mul_(accum / done)
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
-        grad_norm = self.strategy.clip(self.model, t.grad_clip)
+        grad_norm, found_inf = self.strategy.step(self.model, self.optimizer, t.grad_clip, loss_sum, self.scaler)
         if small_sq is not None and done > 1:
             self.noise.update(small_sq, grad_norm.float() ** 2, self.micro, done * world_batch)
-        found_inf = skip_if_nonfinite(self.optimizer, grad_norm, loss_sum)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        elif self.optimizer.defaults.get("fused") or not bool(found_inf):  # fused: skipped on the device
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
 
         step_loss = loss_sum / done
         ok = found_inf == 0
@@ -337,7 +364,7 @@ class Trainer:
         g.skipped = g.spikes = 0
         path = self._latest_checkpoint()
         if path is not None:
-            ckpt.read_state(path, self.model, self.optimizer)
+            self.strategy.read_state(path, self.model, self.optimizer)
         event = {"event": "rollback", "step": self.step, "reason": why, "to": path.name if path else None,
                  "lr_mult": g.lr_mult}
         self._log(event)
@@ -374,7 +401,7 @@ class Trainer:
         started = time.perf_counter()
         tmp = ckpt.begin(self.run_dir, self.step) if self.strategy.is_main else None
         tmp = self.strategy.share(tmp)  # also a barrier: the directory exists before anyone writes into it
-        ckpt.write_state(tmp, self.model, self.optimizer)
+        self.strategy.write_state(tmp, self.model, self.optimizer)
         path = None
         if self.strategy.is_main:
             rng = {"torch": torch.get_rng_state()}
@@ -405,7 +432,7 @@ class Trainer:
         path = self._latest_checkpoint()
         if path is None:
             raise CramlmError(f"{self.run_dir} has no valid checkpoint to resume from")
-        ckpt.read_state(path, self.model, self.optimizer)
+        self.strategy.read_state(path, self.model, self.optimizer)
         state = ckpt.load_checkpoint(path)
         meta, extra = state["state"], state["trainer"]
         if self.scaler and extra.get("scaler"):
@@ -504,9 +531,7 @@ class Trainer:
         path = self.save()
         results = self.results(val_loss)
         if self.strategy.is_main:
-            with torch.device("meta"):  # the structure only: consolidate reads the weights from the checkpoint
-                empty = build_model(self.cfg.model)
-            ckpt.consolidate(path, self.run_dir, self.cfg, empty)
+            self.strategy.consolidate(path, self.run_dir, self.cfg)
             results = self.results(val_loss)  # seconds and cost now include writing final/
             _write_json(self.run_dir / "results" / "train.json", results)
             _write_json(self.run_dir / "results" / "cost.json", {**results["cost"], "hardware": self.hw.name,
