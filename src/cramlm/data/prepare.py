@@ -30,7 +30,7 @@ import numpy as np
 
 from cramlm import __version__
 from cramlm.config import DataConfig
-from cramlm.data.filters import CompressionFilter, TextFilters, raw_hash, text_hash
+from cramlm.data.filters import CompressionFilter, TextFilters, raw_hash, text_hash, token_cost
 from cramlm.data.prune import make_pruner
 from cramlm.data.sources import check_sources, fingerprint, iter_documents, source_bytes
 from cramlm.data.store import FORMAT, FORMAT_VERSION, SPLITS, Packer, ShardWriter, token_dtype, write_manifest
@@ -255,7 +255,7 @@ def prepare(
                 save_tokenizer(tok, tok_path)
                 bar.update(task, total=1, completed=1, stats=f"{cfg.tokenizer}, {tok.get_vocab_size()} tokens")
             probe = probe[:PROBE_DOCS]
-            ratios = [len(ids) / max(1, len(t)) for ids, t in zip(_encode(tok, probe), probe)]
+            ratios = [token_cost(tok, t, ids) / max(1, len(t)) for ids, t in zip(_encode(tok, probe), probe)]
             compression = CompressionFilter(cfg.max_tokens_per_char_z, ratios)
             del probe
             (out / "units").mkdir()
@@ -296,7 +296,7 @@ def prepare(
                     n_units = unit + 1
                     continue
                 current = current or _Unit(out, unit, cfg, dtype, vocab_size)
-                kept = [(t, i) for t, i in zip(texts, ids_list) if compression.keep(len(i), len(t))]
+                kept = [(t, i) for t, i in zip(texts, ids_list) if compression.keep(token_cost(tok, t, i), len(t))]
                 if kept:
                     current.add(*map(list, zip(*kept)))
                     n_docs, n_tokens = n_docs + len(kept), n_tokens + sum(len(i) for _, i in kept)
