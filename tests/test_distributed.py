@@ -231,8 +231,7 @@ def test_two_ranks_train_like_one_resume_across_world_sizes_and_share_the_budget
     before = json.loads((latest / ckpt.STATE).read_text())["budget"]
     more = ("budget.limit=6steps", "train.batch_ramp=none")
     res = run(tiny_run_config(*more), data, tmp_path / "run-zero1", resume=True, progress=False)
-    one = run(tiny_run_config(*more), data, tmp_path / "run-one", progress=False)
-    assert res["steps"] == one["steps"] == 6 and res["tokens"] == one["tokens"] == 6 * 16 * 32
+    assert res["steps"] == 6 and res["tokens"] == 6 * 16 * 32  # 6 global batches of 16 sequences of 32 tokens
     # with the batch ramp: a one-process run resumed on two ranks counts the global batches it ran
     resumed = [r for r in read_metrics(tmp_path / "run-single") if "loss" in r]
     assert ranks[0]["resumed"]["tokens"] == sum(r["batch_size"] for r in resumed) * 32
