@@ -99,6 +99,14 @@ def test_unigram_baseline_and_dataset_val_loss(cli, runs, tmp_path):
     expected = -sum(math.log((counts[i] + 1) / (counts.sum() + len(counts))) for i in ids)
     assert result["details"]["unigram_nll"] == pytest.approx(expected, rel=1e-9)
     assert result["metrics"]["unigram_word_ppl"] == pytest.approx(math.exp(expected / 9), rel=1e-9)
+    lambada = tmp_path / "lambada.jsonl"
+    lambada.write_text('{"text": "the cat sat on the mat"}\n{"text": "the dog ran under the big table"}\n')
+    code, out, err = cli("eval", "lambada", dec, "--data", lambada, "--unigram", tmp_path / "ds", "--json")
+    assert code == 0, err
+    tok = load_tokenizer(dec / "tokenizer.json")
+    words = [tok.encode(w, add_special_tokens=False).ids for w in ("mat", "table")]
+    mean_logp = np.mean([sum(math.log((counts[i] + 1) / (counts.sum() + len(counts))) for i in w) for w in words])
+    assert json.loads(out)["metrics"]["unigram_ppl"] == pytest.approx(math.exp(-mean_logp), rel=1e-9)
     code, out, err = cli("eval", "mlm", dec, "--data", tmp_path / "ds", "--json")
     assert code == 0, err
     metrics = json.loads(out)["metrics"]

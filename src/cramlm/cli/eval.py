@@ -106,12 +106,15 @@ def lambada(
                               "with one passage per line."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N passages. "
                                         "Default: all."),
+    unigram: Optional[Path] = typer.Option(None, "--unigram", help="Dataset dir from `cramlm prepare` with the "
+                                           "model's tokenizer: also report the last-word perplexity of its add-one "
+                                           "unigram model (no context). Default: none."),
     as_json: bool = JSON,
 ) -> None:
     """LAMBADA: last-word accuracy (greedy, whole word) and last-word perplexity."""
     from cramlm.eval.lm import evaluate_lambada
 
-    _show(evaluate_lambada(run_dir, data, limit=limit), as_json)
+    _show(evaluate_lambada(run_dir, data, limit=limit, unigram_data=unigram), as_json)
 
 
 @app.command("fill-mask")

@@ -204,9 +204,10 @@ def split_last_word(tokenizer: Tokenizer, passage: str) -> tuple[list[int], list
 
 @torch.no_grad()
 def lambada(model: nn.Module, tokenizer: Tokenizer, passages: list[str], *, window: int,
-            batch_size: int = 16) -> dict:
+            batch_size: int = 16, unigram: np.ndarray | None = None) -> dict:
     """Last-word accuracy (greedy, whole word) and last-word perplexity. A causal model reads `[SEP] context`
-    and is teacher-forced through the word; an encoder sees `[CLS] context [MASK]*k [SEP]`, k = the word's length."""
+    and is teacher-forced through the word; an encoder sees `[CLS] context [MASK]*k [SEP]`, k = the word's length.
+    `unigram` (log P per token id) adds the last-word perplexity of that context-free baseline."""
     device = _device(model)
     causal = model.cfg.arch == "decoder"
     rows, targets = [], []
@@ -237,13 +238,16 @@ def lambada(model: nn.Module, tokenizer: Tokenizer, passages: list[str], *, wind
             word_t = torch.tensor(word)
             correct[j] = bool((rows_logp.argmax(-1) == word_t).all())
             logprobs[j] = float(rows_logp.gather(1, word_t[:, None]).sum())
-    return {
+    out = {
         "kind": "causal" if causal else "masked",
         "examples": len(rows),
         "accuracy": float(correct.mean()),
         "ppl": float(math.exp(-logprobs.mean())),
         "mean_word_tokens": float(np.mean([len(w) for _, w in targets])),
     }
+    if unigram is not None:
+        out["unigram_ppl"] = float(math.exp(-np.mean([unigram[word].sum() for _, word in targets])))
+    return out
 
 
 # ---------------------------------------------------------------- run-dir entry points (results/*.json)
@@ -283,15 +287,20 @@ def _unigram_log_probs(data_dir: str | Path, tokenizer: Tokenizer) -> np.ndarray
     return unigram_log_probs(unigram_counts(dataset))
 
 
-def evaluate_lambada(model_dir: str | Path, data_file: str | Path, *, limit: int | None = None) -> Result:
-    """LAMBADA last-word accuracy and perplexity of a run dir's model; writes `results/lambada.json`."""
+def evaluate_lambada(model_dir: str | Path, data_file: str | Path, *, limit: int | None = None,
+                     unigram_data: str | Path | None = None) -> Result:
+    """LAMBADA last-word accuracy and perplexity of a run dir's model, with the unigram baseline of `unigram_data`
+    (a dataset dir with the same tokenizer) when given; writes `results/lambada.json`."""
     start = time.time()
     pre = load_pretrained(model_dir, "lambada")
     passages = read_lambada(data_file)[:limit]
-    out = lambada(pre.model, pre.tokenizer, passages, window=pre.cfg.model.max_seq_len)
-    result = Result("lambada", str(model_dir), {"accuracy": out["accuracy"], "ppl": out["ppl"]},
-                    {k: out[k] for k in ("examples", "mean_word_tokens")},
-                    {"data": str(data_file), "limit": limit, "kind": out["kind"]}, time.time() - start)
+    unigram = None if unigram_data is None else _unigram_log_probs(unigram_data, pre.tokenizer)
+    out = lambada(pre.model, pre.tokenizer, passages, window=pre.cfg.model.max_seq_len, unigram=unigram)
+    metrics = {k: out[k] for k in ("accuracy", "ppl", "unigram_ppl") if k in out}
+    settings = {"data": str(data_file), "limit": limit, "kind": out["kind"],
+                "unigram_data": str(unigram_data) if unigram_data else None}
+    result = Result("lambada", str(model_dir), metrics, {k: out[k] for k in ("examples", "mean_word_tokens")},
+                    settings, time.time() - start)
     result.write(model_dir)
     return result
 
