@@ -129,6 +129,15 @@ def _gather_strided(state: dict[str, dict[str, Any]]) -> dict[tuple[str, str], D
     return strided
 
 
+def _sharded(path: Path) -> Path:
+    """`path` when it holds DCP state, else a one-line error (a DeepSpeed checkpoint, a wrong directory)."""
+    path = Path(path)
+    if not (path / METADATA).is_file():
+        raise CramlmError(f"{path} holds no sharded model state (no {METADATA}); a train.strategy=deepspeed "
+                          f"checkpoint is read by DeepSpeed (its zero_to_fp32.py)")
+    return path
+
+
 def write_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
     """Sharded save of the model (and optimizer) into the directory `path`. Collective: every rank calls it and
     writes only its own shards; DCP's coordinator (rank 0) writes `.metadata` once all shards are on disk."""
@@ -141,9 +150,7 @@ def write_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer |
 def read_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
     """Load a `write_state` directory, written by any world size and strategy, into this rank's shards.
     Collective under torchrun."""
-    path = Path(path)
-    if not (path / METADATA).is_file():
-        raise CramlmError(f"{path} holds no sharded model state (no {METADATA})")
+    path = _sharded(path)
     state = _state(model, optimizer)
     strided = _gather_strided(state)
     with _quiet_single_process():
@@ -165,7 +172,7 @@ def _read_weights(path: Path, module: nn.Module) -> None:
     while the other ranks move on, or eval in one process)."""
     state = {"model": module.state_dict()}
     with _quiet_single_process():
-        dcp.load(state, checkpoint_id=Path(path), no_dist=True)
+        dcp.load(state, checkpoint_id=_sharded(path), no_dist=True)
     module.load_state_dict(state["model"])
 
 
