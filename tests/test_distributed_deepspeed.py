@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_distributed import TINY_RUN, max_diff, prepare_data, tiny_run_config
+from test_distributed import max_diff, prepare_data, tiny_run_config
 
 from cramlm.errors import CramlmError
 from cramlm.train import checkpoint as ckpt
@@ -47,6 +47,9 @@ def worker(out: Path) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
                     reason="deepspeed is not installed (optional extra: pip install 'cramlm[deepspeed]')")
 def test_deepspeed_zero_stages_train_like_one_process_and_resume(tmp_path):
+    from cramlm.config import TrainConfig
+    from cramlm.train.deepspeed_strategy import DeepSpeedStrategy
+    from cramlm.train.distributed import Distributed
     from cramlm.train.trainer import train as run
 
     data = prepare_data(tmp_path)
@@ -80,9 +83,12 @@ def test_deepspeed_zero_stages_train_like_one_process_and_resume(tmp_path):
     assert sum("optim_states" in name for name in listed) == 2
     got = ckpt.load_weights(tmp_path / "run-3" / "final" / ckpt.WEIGHTS)
     assert max_diff(got, reference_resumed) < 5e-5, "ZeRO-3, resumed"
-    # DeepSpeed's partitions resume under DeepSpeed only
+    # DeepSpeed's partitions resume under DeepSpeed only, on as many processes as wrote them
     with pytest.raises(CramlmError, match="no .metadata"):
         run(tiny_run_config(*DS_RUN, "budget.limit=8steps"), data, tmp_path / "run-3", resume=True, progress=False)
+    one_rank = DeepSpeedStrategy(Distributed(world_size=1, strategy="deepspeed"), TrainConfig(strategy="deepspeed"))
+    with pytest.raises(CramlmError, match="partitioned over 2 processes"):
+        one_rank.read_state(latest, None, None)
 
 
 if __name__ == "__main__":

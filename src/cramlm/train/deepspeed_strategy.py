@@ -116,6 +116,10 @@ class DeepSpeedStrategy(DistributedStrategy):
         if not (Path(path) / TAG).is_dir():
             raise CramlmError(f"{path} was not written by train.strategy=deepspeed: resume it with the strategy "
                               f"that wrote it")
+        parts = len(list((Path(path) / TAG).glob("*optim_states.pt")))  # one ZeRO partition per rank
+        if parts != self.dist.world_size:
+            raise CramlmError(f"{path} holds DeepSpeed's optimizer state partitioned over {parts} processes: "
+                              f"resume it on {parts} (this job has {self.dist.world_size})")
         loaded, _ = self.engine.load_checkpoint(str(path), tag=TAG, load_optimizer_states=True,
                                                 load_lr_scheduler_states=False)
         if loaded is None:
