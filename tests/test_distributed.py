@@ -258,7 +258,11 @@ def test_strategy_resolution():
 
 
 def test_deepspeed_config_follows_the_train_config():
-    from cramlm.train.deepspeed_strategy import deepspeed_config
+    from cramlm.errors import CramlmError
+    from cramlm.train.deepspeed_strategy import DeepSpeedStrategy, deepspeed_config
+
+    with pytest.raises(CramlmError, match="fp32 or bf16"):  # DeepSpeed's loss scaling is not our GradScaler's
+        DeepSpeedStrategy(Distributed(world_size=2, strategy="deepspeed"), TrainConfig(precision="fp16"))
 
     cfg = TrainConfig(grad_clip=0.7, deepspeed={"stage": 3, "offload": True})
     ds = deepspeed_config(cfg, 8)

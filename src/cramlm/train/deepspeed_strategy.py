@@ -27,6 +27,7 @@ from cramlm.models.registry import build_model
 from cramlm.train import checkpoint as ckpt
 from cramlm.train.distributed import Distributed, DistributedStrategy
 from cramlm.train.optim import param_groups
+from cramlm.train.trainer import resolve_precision
 
 TAG = "deepspeed"  # the sub-directory of a checkpoint that holds DeepSpeed's files
 
@@ -63,8 +64,9 @@ class DeepSpeedStrategy(DistributedStrategy):
     """`trainer.Strategy` whose model is a DeepSpeed engine around the module and our AdamW."""
 
     def __init__(self, d: Distributed, cfg: Any):
-        if cfg.precision == "fp16":
-            raise CramlmError("train.strategy=deepspeed runs fp32 or bf16 (autocast): set train.precision=bf16")
+        if resolve_precision(cfg.precision, d.device) == "fp16":  # its loss scaling is not our GradScaler's
+            raise CramlmError("train.strategy=deepspeed runs fp32 or bf16 (autocast): set train.precision=bf16 "
+                              "or fp32")
         super().__init__(d, cfg)
         self.deepspeed = import_deepspeed()
         self.cfg = cfg
