@@ -22,6 +22,8 @@ def test_every_kind_has_special_tokens_at_fixed_ids_and_round_trips(tmp_path, ki
     assert again.encode("the model learns", add_special_tokens=False).ids == ids
     starts = word_starts(again)
     assert len(starts) == again.get_vocab_size() and all(starts[:5])
+    masked = again.encode("the [MASK] learns", add_special_tokens=False).ids
+    assert masked.count(SPECIAL_TOKENS.index("[MASK]")) == 1, "a [MASK] in text must stay one special token"
 
 
 def test_lowercase_is_optional():

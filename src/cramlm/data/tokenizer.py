@@ -73,6 +73,7 @@ def train_tokenizer(
     tok, trainer = new_tokenizer(kind, vocab_size, lowercase)
     if kind == "wordpiece":
         tok.model = _train_wordpiece(_word_counts(texts, lowercase), vocab_size)
+        tok.add_special_tokens(SPECIAL_TOKENS)  # so "[MASK]" in text is one token, never cut and lowercased
     else:
         tok.train_from_iterator(texts, trainer=trainer)
         if kind == "unigram":
