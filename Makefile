@@ -23,6 +23,11 @@ $(VENV)/.installed: pyproject.toml
 	  $(PIP) install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
 	fi
 	$(PIP) install -q -e ".[dev,hf]"
+	@# The [deepspeed] extra builds from source against the torch above: no build isolation (it would fetch another
+	@# torch), no prebuilt CUDA ops. Optional: without it the DeepSpeed test is skipped and says so.
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-pin.txt
+	DS_BUILD_OPS=0 $(PIP) install -q --no-build-isolation -c $(VENV)/torch-pin.txt "deepspeed>=0.19.8" \
+	  || echo "deepspeed not installed: train.strategy=deepspeed and its test are unavailable"
 	touch $@
 
 demo: install
