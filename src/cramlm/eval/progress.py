@@ -51,9 +51,10 @@ class GlueProgress:
         if self.log_lines and now - self.last_line >= self.every_s:
             self.last_line = now
             left = (now - self.start) / self.done * (self.total_steps - self.done)
-            self.console.log(f"{self.name}: step {step}/{self.total}, loss {loss:.3f} | all tasks: step "
-                             f"{self.done}/{self.total_steps}, {_duration(now - self.start)} elapsed, "
-                             f"about {_duration(left)} left")
+            self.console.print(f"[{time.strftime('%H:%M:%S')}] {self.name}: step {step}/{self.total}, loss "
+                               f"{loss:.3f} | all tasks: step {self.done}/{self.total_steps}, "
+                               f"{_duration(now - self.start)} elapsed, about {_duration(left)} left",
+                               soft_wrap=True, markup=False, highlight=False)  # one line, however long
 
     def end(self) -> None:
         self.bars.remove_task(self.bar)
