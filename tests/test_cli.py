@@ -19,3 +19,9 @@ def test_bad_override_is_one_line_exit_2(cli):
 def test_train_without_data_dir_is_a_user_error(cli):
     code, _, err = cli("train")
     assert code == 2 and "DATA_DIR" in err
+
+
+def test_unknown_option_is_a_usage_error_not_an_internal_one(cli):
+    code, _, err = cli("export", "somewhere", "--out", "elsewhere")
+    assert code == 2
+    assert "No such option: --out" in err and "internal error" not in err

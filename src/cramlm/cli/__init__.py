@@ -43,6 +43,13 @@ def fail(message: str) -> None:
     raise CramlmError(message)
 
 
+# Recent typer ships its own copy of click: catch the exceptions of both.
+EXIT = (click.exceptions.Exit, typer.Exit)
+ABORT = (click.exceptions.Abort, typer.Abort, KeyboardInterrupt)
+USAGE_ERRORS = (click.ClickException,
+                next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors are one line and exit 2; `--debug` (anywhere) shows tracebacks."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -55,12 +62,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
+    except EXIT as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
+    except USAGE_ERRORS as e:
         e.show()
         sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except ABORT:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as e:  # a bug, not the user's fault: still one line unless --debug
