@@ -136,6 +136,12 @@ def test_a_finetuned_classifier_is_fine_tuned_again_but_not_scored_as_a_language
     args = ["--glue-dir", glue.parent, "--tasks", "rte", "--epochs", "1"]
     assert _eval_json(cli, "glue", run, *args)["details"]["rte"]["dev_examples"] == 8
     finetuned = run / "finetuned" / "rte"
+    code, out, err = cli("export", finetuned, "--to", tmp_path / "ft_hf")  # the kept classifier exports as is
+    assert code == 0, err
+    assert "ForSequenceClassification" in out and "max |logit difference| vs cramlm = 0.00e+00" in out
+    labels = json.loads((finetuned / "task.json").read_text())["label_names"]
+    hf_config = json.loads((tmp_path / "ft_hf" / "config.json").read_text())
+    assert [hf_config["id2label"][str(i)] for i in range(len(labels))] == labels
     cfg = resolve_config(model="tiny", overrides=["model.n_layers=1", "model.d_model=32", "model.n_heads=2",
                                                   "model.d_ff=64", "model.vocab_size=120", "model.max_seq_len=64"])
     export_model(EncoderForSequenceClassification(cfg.model, 2), cfg.model, tmp_path / "hf", run / "tokenizer.json")

@@ -3,19 +3,18 @@ classifier (`finetuned/<task>/` of `eval glue`, or its HF export)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer
 from torch import nn
 
-from cramlm.config import RunConfig, load_run_config
+from cramlm.config import RunConfig
 from cramlm.data.tokenizer import load_tokenizer
 from cramlm.errors import CramlmError
 from cramlm.export.hf import import_model
 from cramlm.models.encoder import EncoderForSequenceClassification
-from cramlm.train.checkpoint import load_model, load_weights
+from cramlm.train.checkpoint import load_model
 
 
 @dataclass
@@ -43,8 +42,6 @@ def load_pretrained(path: str | Path, evaluation: str) -> Pretrained:
     if (path / "config.json").is_file() and not (path / "config.yaml").is_file():
         model, model_cfg = import_model(path)
         cfg = RunConfig(model=model_cfg)
-    elif (path / "task.json").is_file():
-        model, cfg = _load_classifier(path)
     else:
         model, cfg = load_model(path)
     if isinstance(model, EncoderForSequenceClassification):
@@ -54,14 +51,3 @@ def load_pretrained(path: str | Path, evaluation: str) -> Pretrained:
         model = model.encoder
     return Pretrained(model, cfg, load_tokenizer(path / "tokenizer.json"), path)
 
-
-def _load_classifier(path: Path) -> tuple[EncoderForSequenceClassification, RunConfig]:
-    """`finetuned/<task>/` as `eval glue` writes it: model.safetensors, config.yaml, task.json."""
-    try:
-        num_labels = int(json.loads((path / "task.json").read_text())["num_labels"])
-        cfg = load_run_config(path / "config.yaml")
-        model = EncoderForSequenceClassification(cfg.model, num_labels)
-        model.load_state_dict(load_weights(path / "model.safetensors"))
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-        raise CramlmError(f"cannot load the fine-tuned classifier in {path}: {str(e).splitlines()[0]}") from None
-    return model.eval(), cfg

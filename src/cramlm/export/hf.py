@@ -188,14 +188,19 @@ def to_hf_state(model: nn.Module, cfg: ModelConfig, target: str, hf_keys: dict[s
     return out
 
 
-def export_model(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, tokenizer_file: str | Path | None = None) -> str:
-    """Write `model` as a transformers checkpoint (+ tokenizer) in `out_dir`; returns the HF architecture name."""
+def export_model(model: nn.Module, cfg: ModelConfig, out_dir: str | Path, tokenizer_file: str | Path | None = None,
+                 labels: list[str] | None = None) -> str:
+    """Write `model` as a transformers checkpoint (+ tokenizer) in `out_dir`; returns the HF architecture name.
+    A classifier's `labels` become the config's id2label, so pipelines print names, not LABEL_0."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
     task = task_of(model)
     target = target_for(cfg, task)
     num_labels = model.num_labels if task == "classification" else 2
     config = hf_config(cfg, target, task, num_labels)
+    if labels:
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {name: i for i, name in enumerate(labels)}
     auto = {"mlm": AutoModelForMaskedLM, "causal": AutoModelForCausalLM,
             "classification": AutoModelForSequenceClassification}[task]
     hf = auto.from_config(config)
@@ -230,7 +235,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, verify: bool = True) ->
     model, run_cfg = load_model(run_dir)
     target_for(run_cfg.model, task_of(model))  # refuse before writing anything
     tokenizer = run_dir / "tokenizer.json"
-    arch = export_model(model, run_cfg.model, out_dir, tokenizer if tokenizer.is_file() else None)
+    task = run_dir / "task.json"  # a fine-tuned classifier of `eval glue` names its labels there
+    labels = json.loads(task.read_text()).get("label_names") if task.is_file() else None
+    arch = export_model(model, run_cfg.model, out_dir, tokenizer if tokenizer.is_file() else None, labels)
     result = {"architecture": arch, "out_dir": str(out_dir), "tokenizer": tokenizer.is_file()}
     if verify:
         result["max_abs_diff"] = verify_export(model, out_dir)

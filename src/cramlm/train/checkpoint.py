@@ -324,13 +324,21 @@ def _find(path: Path) -> tuple[Path, Path]:
 
 
 def load_model(run_dir_or_checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Any]:
-    """The trained model (final weights, else the latest valid checkpoint) in eval mode, and its RunConfig."""
+    """The trained model (final weights, else the latest valid checkpoint) in eval mode, and its RunConfig. A
+    fine-tuned classifier dir (`finetuned/<task>/` of `eval glue`: its task.json names the labels) gives the
+    classifier."""
     from cramlm.config import load_run_config
+    from cramlm.models.encoder import EncoderForSequenceClassification
     from cramlm.models.registry import build_model
 
     weights, config = _find(Path(run_dir_or_checkpoint))
     cfg = load_run_config(config)
-    model = build_model(cfg.model)
+    task = weights.parent / "task.json"
+    try:
+        model = (EncoderForSequenceClassification(cfg.model, int(json.loads(task.read_text())["num_labels"]))
+                 if task.is_file() else build_model(cfg.model))
+    except (ValueError, KeyError, TypeError) as e:
+        raise CramlmError(f"cannot read the labels of the fine-tuned classifier in {task}: {e}") from None
     try:
         if weights.is_dir():
             _read_weights(weights, model)
