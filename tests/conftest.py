@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -6,6 +7,8 @@ import torch
 # Two pytest workers share two cores: one intra-op thread each keeps them from fighting.
 torch.set_num_threads(1)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests' CPU-peak measurements (tiny, under load) stay out of the user's cache.
+os.environ["CRAMLM_CACHE_DIR"] = tempfile.mkdtemp(prefix="cramlm-test-cache-")
 
 
 @pytest.fixture

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from cramlm.budget import hardware
@@ -108,3 +110,14 @@ def test_cpu_entry_is_editable(tmp_path, monkeypatch):
     cpu = get("cpu")
     assert cpu.peak("fp32") == pytest.approx(0.5e12) and not cpu.measured
     assert cpu.tdp_watts == 35 and cpu.usd_per_hour == 0.02
+
+
+def test_the_best_cpu_peak_seen_is_kept_across_runs(tmp_path, monkeypatch):
+    """A peak measured under load must not lower the reference MFU is read against."""
+    monkeypatch.setenv("CRAMLM_CACHE_DIR", str(tmp_path / "cache"))
+    assert hardware.best_cpu_peak(5e9) == 5e9
+    assert hardware.best_cpu_peak(3e9) == 5e9  # a loaded machine measures less: the idle figure stays
+    assert hardware.best_cpu_peak(7e9) == 7e9
+    (tmp_path / "cache" / "cpu_peak.json").write_text("{not json")
+    assert hardware.best_cpu_peak(2e9) == 2e9  # a corrupt cache is rewritten, never an error
+    assert list(json.loads((tmp_path / "cache" / "cpu_peak.json").read_text()).values()) == [2e9]

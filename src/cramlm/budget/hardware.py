@@ -9,6 +9,7 @@ Users add or override entries with a YAML file (see `load_yaml`, or set `CRAMLM_
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import time
@@ -122,8 +123,8 @@ _CATALOGUE = [
 ALIASES = {"h100": "h100-sxm", "a100": "a100-80gb", "2080ti": "rtx2080ti", "3090": "rtx3090", "4090": "rtx4090",
            "rtxa6000": "a6000", "rtxa4000": "a4000", "teslav100": "v100", "teslat4": "t4"}
 
-# The host CPU: its fp32 peak is measured (`measure_cpu_peak`); TDP and price are editable defaults for a small
-# cloud VM (about 0.10 USD/h for 2-4 vCPUs, 65 W).
+# The host CPU: its fp32 peak is measured (`measure_peak`; the best seen is kept by `best_cpu_peak`); TDP and price
+# are editable defaults for a small cloud VM (about 0.10 USD/h for 2-4 vCPUs, 65 W).
 CPU_TDP_WATTS = 65.0
 CPU_USD_PER_HOUR = 0.10
 
@@ -282,8 +283,35 @@ def _cpu() -> Hardware:
     if "fp32" in base.peak_flops:
         return base
     if _cpu_peak is None:
-        _cpu_peak = measure_peak("cpu")
+        _cpu_peak = best_cpu_peak(measure_peak("cpu"))
     return dataclasses.replace(base, peak_flops={"fp32": _cpu_peak, **base.peak_flops}, measured=True)
+
+
+def best_cpu_peak(measured: float) -> float:
+    """The best fp32 matmul rate measured on this host with this many threads, this run's included. A peak measured
+    while other jobs load the machine is too low and would put MFU above 100%; the best one seen is kept in
+    `$CRAMLM_CACHE_DIR/cpu_peak.json` (default ~/.cache/cramlm) so later runs read MFU against it."""
+    import platform
+
+    import torch
+
+    key = f"{platform.machine()}-{platform.processor()}-{os.cpu_count()}cpu-{torch.get_num_threads()}threads"
+    path = Path(os.environ.get("CRAMLM_CACHE_DIR", Path.home() / ".cache" / "cramlm")) / "cpu_peak.json"
+    try:
+        cache = json.loads(path.read_text())
+        known = float(cache.get(key, 0.0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        cache, known = {}, 0.0
+    if measured <= known:
+        return known
+    try:  # best effort: a read-only home only loses the memory of past measurements
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({**cache, key: measured}, indent=1))
+        tmp.replace(path)
+    except OSError:
+        pass
+    return measured
 
 
 def _host_memory_gb() -> float:
