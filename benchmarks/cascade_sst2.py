@@ -107,7 +107,11 @@ def main() -> None:
               f"on dev, {flops[s.kind]:.3g} FLOPs/input")
     for _, full, _, _ in columns:
         if full:
-            print(f"thresholds ({' > '.join(full.stages)}): {', '.join(str(t) for t in full.thresholds)}")
+            last = full.stages[-1]
+            peak = max(full.curves[last], key=lambda p: (p.accuracy, p.answered))
+            print(f"thresholds ({' > '.join(full.stages)}): {', '.join(str(t) for t in full.thresholds)}; best "
+                  f"dev accuracy on the {last} sweep {peak.accuracy:.2f} with {100 * peak.answered:.1f}% answered "
+                  f"by {last}")
 
 
 if __name__ == "__main__":
