@@ -15,15 +15,15 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_model
 
 from cramlm.budget.flops import forward_flops_per_token
 from cramlm.cascade.linear import Text
-from cramlm.config import ModelConfig, load_run_config
+from cramlm.config import ModelConfig
 from cramlm.data.tokenizer import load_tokenizer
 from cramlm.errors import CramlmError
 from cramlm.eval.glue import Split, collate, encode, length_sorted_batches, pick_device
 from cramlm.models.encoder import EncoderForSequenceClassification
+from cramlm.train.checkpoint import load_model
 
 
 def classifier_flops(cfg: ModelConfig, n_tokens: int, num_labels: int) -> float:
@@ -90,9 +90,7 @@ def load_transformer(ft_dir: str | Path, device: str = "auto", kind: str = "tran
     info = json.loads((ft_dir / "task.json").read_text())
     if not info.get("label_names"):
         raise CramlmError(f"{ft_dir} holds a regression model ({info.get('task')}); a cascade needs a classifier")
-    cfg = load_run_config(ft_dir / "config.yaml")
-    model = EncoderForSequenceClassification(cfg.model, len(info["label_names"]))
-    load_model(model, str(ft_dir / "model.safetensors"))
+    model, cfg = load_model(ft_dir)
     return FinetunedClassifier(model, load_tokenizer(ft_dir / "tokenizer.json"), info["label_names"],
                                int(info.get("max_seq_len", cfg.model.max_seq_len)), info.get("task"),
                                device=device, kind=kind, path=ft_dir)
