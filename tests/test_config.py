@@ -11,7 +11,7 @@ def test_defaults_are_the_crammed_recipe():
     assert (cfg.model.n_layers, cfg.model.d_model, cfg.model.d_ff) == (16, 768, 3072)
     assert cfg.model.bias is False and cfg.model.norm_position == "pre"
     assert cfg.train.betas == (0.9, 0.98) and cfg.train.eps == 1e-12 and cfg.train.grad_clip == 0.5
-    assert cfg.train.batch_size == 8192 and cfg.train.ramp_end == 0.6
+    assert cfg.train.batch_size == "auto" and cfg.train.max_batch_size == 8192 and cfg.train.ramp_end == 0.6
 
 
 def test_resolution_order_file_then_overrides(tmp_path):

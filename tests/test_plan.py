@@ -30,10 +30,12 @@ def test_one_gpu_day_on_a_2080ti_by_hand(cli):
     assert ch["loss"] > 1.69 and ch["fitted"]["loss"] <= ch["loss"]
     assert set(p["memory_gb_per_device"]) == {"ddp", "zero1", "zero2", "zero3", "zero3_offload"}
     assert p["memory"]["fits"]["strategy"] == "ddp"
-    # no --model: the plan trains the recommended dense preset
-    assert p["model"] == p["recommended_preset"] == "bert-crammed"
+    # no --model: the autopilot's choice, which at Cramming's budget is Cramming's model and recipe
+    assert p["model"] == p["recommended_model"] == "encoder-16x768" and p["model_source"] == "auto"
     cfg = planner.run_config("bert-crammed")
+    assert cfg.model == planner.run_config("encoder-16x768").model
     assert p["tokens"] == pytest.approx(p["flops"] / flops_per_token(cfg.model, 128, 0.25))
+    assert p["autopilot"]["batch_size"] == 8192 and p["autopilot"]["lr"] == pytest.approx(1e-3, rel=0.05)
 
 
 def test_dollar_and_flop_budgets(cli):
@@ -57,17 +59,24 @@ def test_costing_a_literature_run(cli):
     # --params costs 6 N D
     p = plan_json(cli, "--params", "1.5B", "--tokens", "30B", "--hardware", "h100", "--count", "8")
     assert p["flops"] == pytest.approx(6 * 1.5e9 * 30e9)
-    assert p["memory"]["activations"] is False
+    # shaped as the family member of that size: its activations count, and the text names it
+    assert p["model"] == "encoder-32x2048" and p["memory"]["activations"] is True
+    code, out, _ = cli("plan", "--params", "1.5B", "--tokens", "30B", "--hardware", "h100")
+    assert "None" not in out and "--params, shaped as encoder-32x2048" in out
 
 
 def test_causal_objective_recommends_a_decoder(cli):
     p = plan_json(cli, "--hardware", "t4", "--hours", "1", "--objective", "causal")
-    assert p["objective"] == "causal" and p["model"] == "gpt-small"
+    assert p["objective"] == "causal" and p["model"].startswith("decoder-")
 
 
-def test_small_budgets_recommend_the_tiny_preset():
-    assert planner.recommend_preset(3e6, "mlm") == "tiny"
-    assert planner.recommend_preset(5e8, "mlm") == "bert-crammed"  # MoE and the BERT baseline are not proposed
+def test_the_model_grows_with_the_budget_and_a_given_model_is_compared(cli):
+    sizes = [plan_json(cli, "--hardware", "a100-80gb", "--hours", str(h))["params"] for h in (0.01, 1, 24, 240)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    code, out, _ = cli("plan", "--hardware", "rtx2080ti", "--hours", "0.1", "--model", "bert-crammed")
+    assert code == 0 and "--model auto would train encoder-" in out
+    code, out, _ = cli("plan", "--hardware", "rtx2080ti", "--hours", "24")
+    assert "(auto, mlm)" in out and "recommended" not in out  # no line that repeats the model
 
 
 @pytest.mark.parametrize("args, message", [
@@ -78,6 +87,8 @@ def test_small_budgets_recommend_the_tiny_preset():
     (["--mfu", "1.5"], "--mfu"),
     (["--model", "gpt-small", "--objective", "mlm"], "does not train the mlm objective"),
     (["--hardware", "t4", "--region", "mars"], "unknown region"),
+    (["--hardware", "a100"], "ambiguous: a100-40gb or a100-80gb"),
+    (["--hardware", "h100", "--calibrate"], "--calibrate measures this machine"),
 ])
 def test_bad_plans_are_one_line_errors(cli, args, message):
     code, out, err = cli("plan", *args)
@@ -85,9 +96,10 @@ def test_bad_plans_are_one_line_errors(cli, args, message):
 
 
 def test_text_output_and_hardware_list(cli):
-    code, out, _ = cli("plan", "--hardware", "h100", "--hours", "24")
+    code, out, _ = cli("plan", "--hardware", "h100", "--hours", "24", "--model", "bert-crammed")
     assert code == 0
-    for label in ("chinchilla", "fitted optimum", "recommended", "cost", "hp search", "memory GB/device", "fits"):
+    for label in ("chinchilla", "fitted optimum", "autopilot", "recommended", "cost", "hp search",
+                  "memory GB/device", "fits"):
         assert label in out
     assert "$60.00" in out  # 24 h x 2.50 $/h
     assert "4.4x fewer parameters than the optimum" in out  # 534M optimal vs the 120M preset
@@ -107,6 +119,10 @@ def test_write_config_is_accepted_by_train(cli, tmp_path):
     assert cfg.budget.limit == "40usd" and cfg.budget.hardware == "v100" and cfg.budget.count == 2
     assert cfg.model == resolve_config(model="tiny").model and cfg.data.vocab_size == cfg.model.vocab_size
     assert cfg.train.precision == "fp16"  # Volta has no bf16
+    p = plan_json(cli, "--hardware", "v100", "--count", "2", "--usd", "40", "--model", "tiny")
+    a = p["autopilot"]  # the autopilot's numbers, written out
+    assert (cfg.train.batch_size, cfg.train.micro_batch_size) == (a["batch_size"], a["micro_batch_size"])
+    assert cfg.train.lr == pytest.approx(a["lr"], rel=0.01)
     code, _, err = cli("train", "--config", path)  # the config validates; only the data dir is missing
     assert code == 2 and "DATA_DIR" in err
 
@@ -135,9 +151,9 @@ def test_calibration_runs_real_steps():
 def test_calibrated_mfu_drives_the_plan(cli, monkeypatch):
     monkeypatch.setattr(planner, "calibrate", lambda cfg, steps: {"mfu": 0.25, "device": "cpu", "dtype": "fp32",
                                                                    "tokens_per_s": 1e3})
-    p = plan_json(cli, "--hardware", "l4", "--hours", "2", "--model", "tiny", "--calibrate")
+    p = plan_json(cli, "--hardware", "cpu", "--hours", "2", "--model", "tiny", "--calibrate")
     assert p["mfu"] == 0.25 and p["mfu_source"] == "calibrated"
-    assert p["flops"] == pytest.approx(121e12 * 0.25 * 7200)
+    assert p["flops"] == pytest.approx(p["hardware"]["peak_flops_per_s"] * 0.25 * 7200)
 
 
 def test_offload_is_the_last_resort():
@@ -150,3 +166,11 @@ def test_offload_is_the_last_resort():
     # on 4 such devices ZeRO-3 shards the states (8 GB each): no offload needed
     mem = planner.memory_plan(cfg, 2e9, Hardware("g", {"bf16": 1e14}, 24.0, None, 300, 1.0), 4, mixed=True)
     assert mem["fits"]["strategy"] in ("zero2", "zero3")
+
+
+def test_dollars_need_a_device_to_rent(cli, monkeypatch):
+    from cramlm.budget.hardware import Hardware
+
+    monkeypatch.setattr(planner, "detect", lambda: Hardware("cpu", {"fp32": 1e11}, 24, None, 65, 0.1, "host CPU"))
+    code, _, err = cli("plan", "--usd", "100")
+    assert code == 2 and "--usd prices the device you rent" in err

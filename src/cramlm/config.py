@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -109,9 +109,13 @@ class DeepSpeedConfig(Section):
 
 
 class TrainConfig(Section):
-    batch_size: int = Field(8192, ge=1, description="global sequences per optimizer step (the ramp's target)")
-    micro_batch_size: int = Field(128, ge=1, description="sequences per forward/backward on one device")
-    lr: float = Field(1e-3, gt=0)
+    batch_size: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
+        "auto", description="global sequences per optimizer step (the ramp's target); auto = from the budget")
+    max_batch_size: int = Field(8192, ge=1, description="the largest batch `batch_size: auto` may choose")
+    micro_batch_size: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
+        "auto", description="sequences per forward/backward on one device; auto = from the budget and device")
+    lr: Union[Annotated[float, Field(gt=0)], Literal["auto"]] = Field(
+        "auto", description="peak learning rate; auto = from the batch and the model width")
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
     schedule: Literal["one-cycle", "cosine", "wsd", "constant", "linear"] = "one-cycle"
     warmup: float = Field(0.75, ge=0.0, le=1.0, description="fraction of the budget to reach peak LR")
@@ -217,9 +221,16 @@ def list_presets(kind: Literal["model", "recipe"]) -> list[str]:
 def load_preset(kind: Literal["model", "recipe"], name: str) -> dict[str, Any]:
     """A preset as a nested dict; model presets hold the `model` section only."""
     name = PRESET_ALIASES.get(name, name)
+    if kind == "model":
+        from cramlm.models.family import parse
+
+        shape = parse(name)
+        if shape is not None:
+            return {"model": shape.model_section()}
     path = presets_dir() / kind / f"{name}.yaml"
     if not path.is_file():
-        raise CramlmError(f"unknown {kind} preset {name!r} (available: {', '.join(list_presets(kind))})")
+        family = " or a family member such as encoder-4x256 (see docs/train.md)" if kind == "model" else ""
+        raise CramlmError(f"unknown {kind} preset {name!r} (available: {', '.join(list_presets(kind))}{family})")
     data = _read_yaml(path)
     return {"model": data} if kind == "model" else data
 
@@ -297,10 +308,14 @@ def build_config(tree: dict[str, Any]) -> RunConfig:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
         err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
+        # a field that is a number or `auto` reports the branch it tried (`constrained-int`) as part of the key
+        parts = [str(p) for p in err["loc"]]
+        key = ".".join(p for p in parts if p.isidentifier() or p.isdigit())
         got = err.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
         msg = err["msg"].removeprefix("Value error, ")
+        if len(parts) > len(key.split(".")):
+            msg += ", or auto"
         raise CramlmError(f"config key {key}: {msg}{shown}") from None
 
 

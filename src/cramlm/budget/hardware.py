@@ -120,7 +120,7 @@ _CATALOGUE = [
     _hw("tpu-v4", 0, None, 275, None, None, 32, 1200, 192, 3.22, "Google TPU v4, per chip"),
 ]
 
-ALIASES = {"h100": "h100-sxm", "a100": "a100-80gb", "2080ti": "rtx2080ti", "3090": "rtx3090", "4090": "rtx4090",
+ALIASES = {"h100": "h100-sxm", "2080ti": "rtx2080ti", "3090": "rtx3090", "4090": "rtx4090",
            "rtxa6000": "a6000", "rtxa4000": "a4000", "teslav100": "v100", "teslat4": "t4"}
 
 # The host CPU: its fp32 peak is measured (`measure_peak`; the best seen is kept by `best_cpu_peak`); TDP and price
@@ -231,6 +231,9 @@ def get(name: str) -> Hardware:
     if key == "cpu":
         return _cpu()
     if key not in _catalogue:
+        variants = sorted(n for n in _catalogue if n.startswith(key + "-"))
+        if len(variants) > 1:  # `a100` names two cards with different memory and prices
+            raise CramlmError(f"hardware {name!r} is ambiguous: {' or '.join(variants)}")
         raise CramlmError(f"unknown hardware {name!r} (known: {', '.join(sorted(_catalogue))}, cpu)")
     return _catalogue[key]
 

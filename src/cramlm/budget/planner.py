@@ -9,7 +9,6 @@ device of every data-parallel strategy. `calibrate()` measures the MFU by runnin
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import torch
@@ -18,14 +17,15 @@ from cramlm.budget import memory, scaling
 from cramlm.budget.cost import grid_intensity, run_cost
 from cramlm.budget.flops import flops_per_token, param_counts
 from cramlm.budget.hardware import Hardware, detect, resolve
-from cramlm.config import RunConfig, list_presets, resolve_config
+from cramlm.config import RunConfig, resolve_config
 from cramlm.errors import CramlmError
+from cramlm.models.family import BASE_PRESET, family
+from cramlm.train import autopilot
 
 DEFAULT_MFU = 0.4  # well-tuned transformer training reaches 35-50% of the dense peak (e.g. PaLM reports 46%)
 DEFAULT_HOURS = 24.0  # Cramming's budget: one GPU-day
 RECIPE = "crammed"
 OBJECTIVES = {"mlm": "encoder", "causal": "decoder"}
-BASELINES = ("bert-original",)
 
 
 def run_config(model: str, objective: str | None = None) -> RunConfig:
@@ -46,20 +46,6 @@ def model_cost(cfg: RunConfig) -> tuple[int, float]:
     return param_counts(cfg.model)["total"], flops_per_token(cfg.model, cfg.data.seq_len, _mask_rate(cfg))
 
 
-def recommend_preset(params: float, objective: str) -> str:
-    """The dense model preset for `objective` whose parameter count is nearest to `params` (in log scale).
-
-    Mixture-of-experts presets are left out (Chinchilla's laws were fitted on dense models), and so are the
-    presets that reproduce published baselines for comparison."""
-    arch = OBJECTIVES[objective]
-    sizes = {}
-    for name in list_presets("model"):
-        cfg = resolve_config(model=name)
-        if cfg.model.arch == arch and not cfg.model.moe.n_experts and name not in BASELINES:
-            sizes[name] = param_counts(cfg.model)["total"]
-    return min(sizes, key=lambda n: abs(math.log(sizes[n] / params)))
-
-
 def memory_plan(cfg: RunConfig | None, params: float, hw: Hardware, count: int, mixed: bool) -> dict[str, Any]:
     """GB per device for every strategy at the recipe's micro-batch, and the simplest strategy that fits.
 
@@ -72,6 +58,8 @@ def memory_plan(cfg: RunConfig | None, params: float, hw: Hardware, count: int, 
         return memory.memory_per_device(params, count, act, mixed)
 
     micro = cfg.train.micro_batch_size if cfg is not None else 1
+    if micro == "auto":  # the autopilot's largest on a GPU
+        micro = autopilot.MICRO_MAX["cuda"]
     gb = per_device(micro)
     halvings = [micro >> i for i in range(micro.bit_length())]
     fit, fit_micro = None, None
@@ -93,54 +81,24 @@ def memory_plan(cfg: RunConfig | None, params: float, hw: Hardware, count: int, 
 def calibrate(cfg: RunConfig, steps: int = 2, step_seconds: float = 1.0, min_micro: int = 8) -> dict[str, Any]:
     """Measure MFU on this machine: a few real AdamW steps of `cfg.model` on random tokens.
 
-    The micro-batch is the recipe's, cut down so one step takes about `step_seconds` at this device's peak (a
-    CPU cannot run a 120M-parameter model at 128 x 128 tokens per step in a few seconds), but not below
-    `min_micro` sequences: tiny matmuls would understate the MFU of a real run."""
-    from cramlm.models.registry import build_model
-    from cramlm.train.optim import build_optimizer
+    The micro-batch is the recipe's (128 when it is `auto`), cut down so one step takes about `step_seconds` at
+    this device's peak (a CPU cannot run a 120M-parameter model at 128 x 128 tokens per step in a few seconds),
+    but not below `min_micro` sequences: tiny matmuls would understate the MFU of a real run."""
+    from cramlm.train.autopilot import measure_tokens_per_s
 
     local = detect()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = "fp32" if device == "cpu" else local.best_dtype
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = "fp32" if device.type == "cpu" else local.best_dtype
     _, per_token = model_cost(cfg)
     seq = cfg.data.seq_len
     fitting = int(local.peak(dtype) * step_seconds / (per_token * seq))
-    micro = min(cfg.train.micro_batch_size, max(min_micro, fitting))
-    torch.manual_seed(0)
-    model = build_model(cfg.model).to(device).train()
-    optimizer = build_optimizer(model, cfg.train)
-    batch = _random_batch(cfg, micro, device)
-    amp = torch.autocast(device, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32),
-                         enabled=dtype in ("bf16", "fp16"))
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    times = []
-    for _ in range(steps + 1):  # the first step allocates and warms up: not timed
-        t0 = time.perf_counter()
-        with amp:
-            loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sync()
-        times.append(time.perf_counter() - t0)
-    seconds = min(times[1:])
-    achieved = per_token * micro * seq / seconds
+    recipe_micro = 128 if cfg.train.micro_batch_size == "auto" else cfg.train.micro_batch_size
+    micro = min(recipe_micro, max(min_micro, fitting))
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+    tokens_per_s = measure_tokens_per_s(cfg.model, cfg, micro, device, amp, steps)
+    achieved = per_token * tokens_per_s
     return {"mfu": achieved / local.peak(dtype), "device": local.name, "dtype": dtype, "micro_batch_size": micro,
-            "tokens_per_s": micro * seq / seconds, "flops_per_s": achieved, "steps": steps}
-
-
-def _random_batch(cfg: RunConfig, n: int, device: str) -> dict[str, torch.Tensor]:
-    """Random tokens shaped like the loader's batches (MLM: k masked positions per row, static shapes)."""
-    from cramlm.data.tokenizer import MASK_ID
-
-    seq, vocab = cfg.data.seq_len, cfg.model.vocab_size
-    ids = torch.randint(5, vocab, (n, seq), device=device)
-    if cfg.model.arch == "decoder":
-        return {"input_ids": ids, "labels": ids}
-    k = max(1, round(cfg.train.mask_rate * seq))
-    positions = torch.rand(n, seq, device=device).argsort(dim=1)[:, :k].sort(dim=1).values
-    labels = torch.full_like(ids, -100).scatter(1, positions, ids.gather(1, positions))
-    return {"input_ids": ids.scatter(1, positions, MASK_ID), "labels": labels, "mask_positions": positions}
+            "tokens_per_s": tokens_per_s, "flops_per_s": achieved, "steps": steps}
 
 
 def plan(
@@ -169,12 +127,26 @@ def plan(
         raise CramlmError(f"--objective must be mlm or causal (got {objective!r})")
 
     grid_intensity(region)  # a bad region fails now, not after a calibration
+    if usd is not None and hardware == "auto" and detect().name == "cpu":
+        raise CramlmError("--usd prices the device you rent: name it with --hardware (h100, a100-80gb, ...); this "
+                          "machine has no GPU")
     hw = resolve(hardware)
+    if calibrate_steps and hardware != "auto" and hw.name != detect().name:
+        raise CramlmError(f"--calibrate measures this machine ({detect().name}), not {hw.name}: drop it (MFU "
+                          f"{DEFAULT_MFU:.0%} is assumed) or give --mfu")
     dtype = "fp32" if hw.name == "cpu" else hw.best_dtype
+    model = None if model == "auto" else model
     cfg = run_config(model, objective) if model else None
     objective = objective or ("causal" if cfg is not None and cfg.model.arch == "decoder" else "mlm")
+    arch = OBJECTIVES[objective]
+    source = "given" if cfg is not None else ("params" if params is not None else "auto")
+    if params is not None:  # the family member of that size gives the shape (activation memory, batch, LR)
+        def size(shape: Any) -> float:
+            return param_counts(run_config(shape.name).model)["total"]
+        shaped = min(family(arch), key=lambda s: abs(math.log(size(s) / params)))
+        cfg = run_config(shaped.name)
 
-    if cfg is not None:
+    if source == "given":
         run_params, per_token = model_cost(cfg)
     elif params is not None:
         run_params, per_token = params, 6.0 * params
@@ -194,6 +166,15 @@ def plan(
         h = DEFAULT_HOURS if hours is None else hours
         return h * 3600, f"{h:g}h"
 
+    def autopilot_for(base: RunConfig, budget_text: str, at_mfu: float, choose: bool) -> autopilot.Decision:
+        base = base.model_copy(deep=True)
+        base.budget.limit = budget_text
+        device = torch.device("cpu" if hw.name == "cpu" else "cuda")
+        return autopilot.decide(base, choose_model=choose, device=device, dtype=None, peak_flops=hw.peak(dtype),
+                                usd_per_device_hour=hw.usd_per_hour, devices=count, world_size=count, mfu=at_mfu,
+                                check=False)
+
+    default_base = run_config(BASE_PRESET[arch])
     peak = hw.peak(dtype) * count
     calibration = None
     if calibrate_steps:
@@ -202,9 +183,9 @@ def plan(
         if params is not None:
             raise CramlmError("--calibrate runs a real model: give --model instead of --params")
         target = cfg
-        if target is None:  # calibrate the preset the default MFU would recommend
-            seconds, _ = spend(peak * DEFAULT_MFU)
-            target = run_config(recommend_preset(scaling.compute_optimal(peak * DEFAULT_MFU * seconds)[0], objective))
+        if target is None:  # calibrate the model the autopilot chooses at the assumed MFU
+            guess = autopilot_for(default_base, spend(peak * DEFAULT_MFU)[1], DEFAULT_MFU, True)
+            target = run_config(guess.model)
         calibration = calibrate(target, calibrate_steps)
         mfu = calibration["mfu"]
     mfu_source = "calibrated" if calibration else ("given" if mfu is not None else "assumed")
@@ -214,11 +195,14 @@ def plan(
 
     opt_params, opt_tokens = scaling.compute_optimal(flops)
     alt_params, alt_tokens = scaling.fitted_optimum(flops)
-    recommended = recommend_preset(opt_params, objective)
-    if run_params is None:  # no model given: train the recommended preset
-        cfg = run_config(recommended)
-        model = recommended
+    decision = autopilot_for(cfg or default_base, budget, mfu, source == "auto")
+    recommended = decision if source == "auto" else autopilot_for(default_base, budget, mfu, True)
+    cfg = autopilot.apply(cfg or default_base, decision)
+    if source == "auto":
+        model = decision.model
         run_params, per_token = model_cost(cfg)
+    elif source == "params":
+        model = shaped.name
     run_tokens = flops / per_token
     # Chinchilla's N and D are in 6ND terms: the model's own FLOPs per token may differ (sparse MLM head).
     equivalent_tokens = flops / (6.0 * run_params)
@@ -236,6 +220,7 @@ def plan(
         "objective": objective,
         "flops": flops,
         "model": model,
+        "model_source": source,
         "params": run_params,
         "flops_per_token": per_token,
         "tokens": run_tokens,
@@ -245,7 +230,9 @@ def plan(
                        "loss": scaling.fitted_loss(opt_params, opt_tokens),
                        "fitted": {"params": alt_params, "tokens": alt_tokens,
                                   "loss": scaling.fitted_loss(alt_params, alt_tokens)}},
-        "recommended_preset": recommended,
+        "autopilot": {k: v for k, v in decision.to_dict().items() if k != "model_config"},
+        "recommended_model": recommended.model,
+        "recommended_params": recommended.params,
         "hours": seconds / 3600,
         "gpu_hours": cost["gpu_hours"],
         "cost_usd": cost["usd"],
@@ -269,12 +256,15 @@ _STRATEGY_KEYS = {
 
 
 def plan_config(p: dict[str, Any]) -> RunConfig:
-    """A run config that `cramlm train --config` accepts: the plan's model, budget, hardware and strategy."""
+    """A run config that `cramlm train --config` accepts: the plan's model, budget, hardware and strategy, and the
+    autopilot's batch, micro-batch and LR written out as numbers (edit them, or set them back to auto)."""
     hw = p["hardware"]
     name = "auto" if hw["measured"] and hw["name"] != "cpu" else hw["name"]  # an uncatalogued GPU: detect again
     overrides = [f"budget.limit={p['budget']}", f"budget.hardware={name}", f"budget.count={hw['count']}",
                  f"budget.region={p['region']}", f"budget.pue={p['pue']}"]
-    fits = p["memory"]["fits"]
+    a, fits = p["autopilot"], p["memory"]["fits"]
+    overrides += [f"train.batch_size={a['batch_size']}", f"train.lr={a['lr']:.3g}",
+                  f"train.micro_batch_size={a['micro_batch_size']}", f"train.val_batches={a['val_batches']}"]
     if fits["strategy"] is not None:
         overrides.append(f"train.micro_batch_size={fits['micro_batch_size']}")
         overrides += _STRATEGY_KEYS.get(fits["strategy"], [])
@@ -307,7 +297,9 @@ def format_plan(p: dict[str, Any]) -> str:
     fit_text = (f"{fits['strategy']} at micro-batch {fits['micro_batch_size']}" if fits["strategy"]
                 else "nothing, even at micro-batch 1")
     gb = "  ".join(f"{k} {v:.1f}" for k, v in p["memory_gb_per_device"].items())
-    hs = p["hp_search"]
+    hs, a = p["hp_search"], p["autopilot"]
+    model_text = {"auto": f"{p['model']} (auto, {p['objective']})", "given": f"{p['model']} ({p['objective']})",
+                  "params": f"--params, shaped as {p['model']} ({p['objective']})"}[p["model_source"]]
     rows = [
         ("hardware", f"{hw['count']} x {hw['name']} ({hw['description']}), {n(hw['peak_flops_per_s'])}FLOP/s "
                      f"{hw['dtype']} peak each, {hw['memory_gb']:.0f} GB, ${hw['usd_per_hour']:.2f}/h"),
@@ -317,10 +309,10 @@ def format_plan(p: dict[str, Any]) -> str:
                        f"tokens/param), fitted loss {ch['loss']:.3f}"),
         ("  fitted optimum", f"{n(ch['fitted']['params'])} params x {n(ch['fitted']['tokens'])} tokens, "
                              f"loss {ch['fitted']['loss']:.3f}"),
-        ("model", f"{p['model']} ({p['objective']}): {n(p['params'])} params, {n(p['flops_per_token'])}FLOPs/token "
+        ("model", f"{model_text}: {n(p['params'])} params, {n(p['flops_per_token'])}FLOPs/token "
                   f"-> {n(p['tokens'])} tokens ({p['tokens_per_param']:.3g} tokens/param), fitted loss "
                   f"{p['predicted_loss']:.3f}"),
-        ("recommended", f"--model {p['recommended_preset']}"),
+        ("autopilot", a["schedule"]),
         ("time", f"{format_seconds(p['hours'] * 3600)} wall-clock, {p['gpu_hours']:.1f} device-hours"),
         ("cost", f"{_usd(p['cost_usd'])}, {_amount(p['energy_kwh'])} kWh, {_amount(p['co2_kg'])} kg CO2e "
                  f"(region {p['region']}, PUE {p['pue']})"),
@@ -329,6 +321,9 @@ def format_plan(p: dict[str, Any]) -> str:
         ("memory GB/device", gb + ("" if mem["activations"] else " (model states only)")),
         ("fits", f"{fit_text} on {hw['memory_gb']:.0f} GB"),
     ]
+    if p["model_source"] != "auto" and p["recommended_model"] != p["model"]:
+        rows.insert(7, ("recommended", f"--model auto would train {p['recommended_model']} "
+                                       f"({n(p['recommended_params'])} params) on this budget"))
     ratio = ch["params"] / p["params"]
     if not 0.5 <= ratio <= 2:
         side = "fewer" if ratio > 1 else "more"

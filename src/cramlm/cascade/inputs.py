@@ -7,7 +7,6 @@ predict report accuracy. Empty inputs are skipped and over-long ones truncated; 
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from dataclasses import dataclass, field

@@ -142,6 +142,11 @@ class Budget:
         return {"seconds": self.seconds, "device_seconds": self.device_seconds, "steps": self.steps,
                 "tokens": self.tokens}
 
+    def charge(self, seconds: float) -> None:
+        """Count time spent before the clock started (measuring the device) as spent."""
+        self._seconds_before += seconds
+        self._device_seconds_before += seconds * self.devices
+
     def load_state_dict(self, state: dict[str, float]) -> None:
         """Continue from a checkpoint: what was spent before stays spent."""
         self._seconds_before = float(state["seconds"])

@@ -69,7 +69,6 @@ class DeepSpeedStrategy(DistributedStrategy):
                               "or fp32")
         super().__init__(d, cfg)
         self.deepspeed = import_deepspeed()
-        self.cfg = cfg
         self.engine: Any = None
 
     def wrap(self, model: nn.Module) -> nn.Module:
@@ -80,7 +79,7 @@ class DeepSpeedStrategy(DistributedStrategy):
         for p in model.parameters():
             if p.ndim == 0:
                 p.data = p.data.reshape(1)
-        t = self.cfg
+        t = self.train_cfg  # the trainer's resolved numbers (the config may say auto)
         optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay, t.decay_norms_and_biases), lr=t.lr,
                                       betas=tuple(t.betas), eps=t.eps, foreach=True)
         self.engine, *_ = self.deepspeed.initialize(model=model, optimizer=optimizer,

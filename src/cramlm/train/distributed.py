@@ -339,6 +339,7 @@ class DistributedStrategy(Strategy):
         self.dist = d
         self.rank, self.world_size = d.dp_rank, d.dp_size
         self.devices = d.world_size
+        self.whole_gradients = d.strategy in ("single", "ddp", "zero1")
 
     @classmethod
     def from_env(cls, cfg: Any) -> "DistributedStrategy":

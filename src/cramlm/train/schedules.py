@@ -96,11 +96,13 @@ class NoiseScale:
         self.decay = decay
         self.g2: torch.Tensor | None = None
         self.trace: torch.Tensor | None = None
+        self.updates = 0
 
     def update(self, small_sq: torch.Tensor, big_sq: torch.Tensor, b_small: int, b_big: int) -> None:
         """Feed one optimizer step: squared norms of a micro-batch gradient and of the accumulated gradient."""
         if b_big <= b_small:
             return
+        self.updates += 1
         g2 = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)
         trace = (small_sq - big_sq) / (1.0 / b_small - 1.0 / b_big)
         if self.g2 is None or self.trace is None:
@@ -120,8 +122,9 @@ class NoiseScale:
 
     def state_dict(self) -> dict[str, Any]:
         return {"g2": None if self.g2 is None else float(self.g2),
-                "trace": None if self.trace is None else float(self.trace)}
+                "trace": None if self.trace is None else float(self.trace), "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.g2 = None if state.get("g2") is None else torch.tensor(state["g2"])
         self.trace = None if state.get("trace") is None else torch.tensor(state["trace"])
+        self.updates = int(state.get("updates", 0))

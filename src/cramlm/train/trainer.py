@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import signal
 import time
@@ -34,6 +35,7 @@ from cramlm.data.store import Dataset
 from cramlm.errors import CramlmError
 from cramlm.eval.heldout import heldout_loss
 from cramlm.models.registry import build_model
+from cramlm.train import autopilot
 from cramlm.train import checkpoint as ckpt
 from cramlm.train.budget import Budget
 from cramlm.train.logging import MetricsLog, ProgressLine
@@ -42,6 +44,7 @@ from cramlm.train.schedules import NoiseScale, accumulation_at, auto_accumulatio
 from cramlm.units import parse_interval
 
 SPIKE_PATIENCE = 2  # consecutive log windows with a loss spike before rolling back
+LOG_SECONDS = 20.0  # a progress record at least this often, however long the steps
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -51,6 +54,8 @@ class Strategy:
     rank = 0
     world_size = 1  # data-parallel ranks
     devices = 1  # processes (devices) of the job, tensor-parallel ones included
+    train_cfg: Any = None  # the train section with the autopilot's numbers, set by the trainer before `wrap`
+    whole_gradients = True  # each rank holds whole gradients (not shards): the noise scale can be measured
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -170,17 +175,26 @@ class Trainer:
     """Holds a run's model, optimizer, data, budget and logs; `fit()` trains until the budget is spent."""
 
     def __init__(self, cfg: RunConfig, data_dir: Path, run_dir: Path, strategy: Strategy | None = None,
-                 progress: bool = True):
+                 progress: bool = True, choose_model: bool = False, resume: bool = False):
         self.data_dir, self.run_dir = Path(data_dir).resolve(), Path(run_dir)
         self.dataset = Dataset(self.data_dir)
-        self.cfg = cfg = with_dataset_shape(cfg, self.dataset)
-        t = cfg.train
-        self.strategy = strategy or Strategy(resolve_device(t.device))
+        cfg = with_dataset_shape(cfg, self.dataset)
+        self.strategy = strategy or Strategy(resolve_device(cfg.train.device))
         self.device = self.strategy.device
-        self.precision = resolve_precision(t.precision, self.device)
+        self.precision = resolve_precision(cfg.train.precision, self.device)
         if self.precision == "fp16" and self.device.type != "cuda":
             raise CramlmError("train.precision=fp16 needs a GPU; use fp32 or bf16 on CPU")
         self.dtype = DTYPES[self.precision]
+        self.hw = hardware.resolve(cfg.budget.hardware, cfg.budget.price_per_hour)
+        # devices of this session: every process of a torchrun job (MFU, price), never fewer than budget.count
+        self.devices = max(cfg.budget.count, self.strategy.devices)
+        self.peak = self.hw.peak(self._peak_dtype()) * self.devices
+        # the numbers left at `auto` (and the model, for --model auto), decided once and kept by checkpoints
+        self.given = cfg  # what the user asked for: config.yaml keeps its `auto`s
+        self.auto_batch, self.auto_lr = cfg.train.batch_size == "auto", cfg.train.lr == "auto"
+        self.decision = self._decide(cfg, choose_model, resume)
+        self.cfg = cfg = autopilot.apply(cfg, self.decision)
+        t = self.strategy.train_cfg = cfg.train
         self.objective = "mlm" if cfg.model.arch == "encoder" else "causal"
         world = self.strategy.world_size
         if t.batch_size % (t.micro_batch_size * world):
@@ -190,10 +204,6 @@ class Trainer:
         self.max_accum = t.batch_size // (t.micro_batch_size * world)
         self.seq_len = self.dataset.seq_len
         self.fpt = flops_per_token(cfg.model, self.seq_len, t.mask_rate if self.objective == "mlm" else None)
-        self.hw = hardware.resolve(cfg.budget.hardware, cfg.budget.price_per_hour)
-        # devices of this session: every process of a torchrun job (MFU, price), never fewer than budget.count
-        self.devices = max(cfg.budget.count, self.strategy.devices)
-        self.peak = self.hw.peak(self._peak_dtype()) * self.devices
 
         torch.manual_seed(t.seed)
         if t.deterministic:
@@ -216,7 +226,11 @@ class Trainer:
         self.val_every = Interval(t.val_every, "train.val_every")
         self.guard = Guard()
         self.noise = NoiseScale()
+        # the noise scale drives the `auto` ramp, and caps an auto batch where gradients are not sharded
+        self.measure_noise = t.batch_ramp == "auto" or (self.auto_batch and self.strategy.whole_gradients)
+        self.noise_cap: int | None = None  # auto batch: the largest batch (sequences) the critical batch allows
         self.accum = min(2, self.max_accum) if t.batch_ramp == "auto" else 1
+        self.logged_at: float | None = None
         self.step = 0
         self.stop_signal: int | None = None
         self.train_seconds = 0.0  # time in forward/backward/optimizer, for tokens/s and MFU
@@ -227,6 +241,36 @@ class Trainer:
         self.log: MetricsLog | None = None
         self.view = ProgressLine(progress and self.strategy.is_main)
         self._reset_window()
+
+    def _decide(self, cfg: RunConfig, choose_model: bool, resume: bool) -> autopilot.Decision:
+        """The autopilot's decision: a resumed run keeps the one its checkpoint holds; rank 0 decides for all."""
+        if resume:
+            path = self._latest_checkpoint()
+            saved = ckpt.load_checkpoint(path)["state"].get("autopilot") if path is not None else None
+            if saved is not None:
+                return autopilot.from_dict(saved)
+        decision, error = None, None
+        if self.strategy.is_main:
+            def measure(model_cfg: Any, micro: int) -> float:
+                return autopilot.measure_tokens_per_s(model_cfg, cfg, micro, self.device, self.dtype)
+            try:
+                decision = autopilot.decide(
+                    cfg, choose_model=choose_model, device=self.device, dtype=self.dtype,
+                    peak_flops=self.peak / self.devices, usd_per_device_hour=self.hw.usd_per_hour,
+                    devices=self.devices, world_size=self.strategy.world_size, measure=measure,
+                    memory_gb=self.hw.memory_gb)
+            except CramlmError as e:
+                error = str(e)
+        decision, error = self.strategy.share((decision, error))
+        if error is not None:
+            raise CramlmError(error)
+        return decision
+
+    def saved_config(self) -> RunConfig:
+        """The config for `config.yaml`: the model actually built, the other numbers as the user gave them."""
+        cfg = self.given.model_copy(deep=True)
+        cfg.model = self.cfg.model
+        return cfg
 
     def _peak_dtype(self) -> str:
         if self.precision != "fp32":
@@ -255,8 +299,14 @@ class Trainer:
         if t.batch_ramp != "auto":  # the ramp counts global micro-batches, so it is the same on any world size
             accum = -(-accumulation_at(progress, t.batch_ramp, self.max_accum * world, t.ramp_end) // world)
         world_batch = self.micro * world
-        lr = t.lr * self.guard.lr_mult * lr_scale(accum * world_batch, t.batch_size, t.lr_scaling) * lr_factor(
-            progress, t.schedule, warmup=t.warmup, lr_start=t.lr_start, lr_end=t.lr_end, cooldown=t.cooldown)
+        if self.noise_cap is not None:
+            accum = min(accum, max(1, self.noise_cap // world_batch))
+        if self.auto_lr:  # the rule's LR for the batch this step uses
+            peak = autopilot.choose_lr(accum * world_batch, self.cfg.model.d_model)
+        else:
+            peak = t.lr * lr_scale(accum * world_batch, t.batch_size, t.lr_scaling)
+        lr = peak * self.guard.lr_mult * lr_factor(progress, t.schedule, warmup=t.warmup, lr_start=t.lr_start,
+                                                   lr_end=t.lr_end, cooldown=t.cooldown)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         started = time.perf_counter()
@@ -272,7 +322,7 @@ class Trainer:
                 self.strategy.backward(self.scaler.scale(scaled) if self.scaler else scaled)
             loss_sum += loss.detach().float()
             done += 1
-            if t.batch_ramp == "auto" and i == 0 and accum > 1:
+            if self.measure_noise and i == 0 and accum > 1:
                 unscale = self.scaler.get_scale() ** 2 if self.scaler else 1.0
                 small_sq = self.strategy.average(_grad_sq_norm(self.module)) * accum**2 / unscale
             if last:
@@ -324,16 +374,34 @@ class Trainer:
             "mfu": self.fpt * tokens_per_s / self.peak if self.peak else None, "skipped": bad,
             "eta": self.budget.eta(), "usd": cost["usd"], "co2_kg": cost["co2_kg"],
         }
-        if self.cfg.train.batch_ramp == "auto":
+        if self.measure_noise:
             record["noise_scale"] = self.noise.value()
+        if self.cfg.train.batch_ramp == "auto":
             self.accum = auto_accumulation(record["noise_scale"], self.accum, self.micro * self.strategy.world_size,
                                            self.max_accum)
+        if self.auto_batch:
+            self._retarget(record.get("noise_scale"))
+        self.logged_at = self.budget.seconds
         self.last_loss = record["loss"] if ok else self.last_loss
         self._reset_window()
         self._log(record)
         self.view.update(record)
         self._check_guards(loss if ok else None, bad)
         return record
+
+    def _retarget(self, noise_scale: float | None) -> None:
+        """Auto batch: the ramp's target from the tokens the rest of a time budget buys at the throughput measured
+        so far, and the growth capped at the critical batch (the measured gradient noise scale)."""
+        t, world_micro = self.cfg.train, self.micro * self.strategy.world_size
+        eta = self.budget.eta() if self.budget.timed else None
+        if eta is not None and self.train_seconds > 0:
+            left = max(0.0, eta - self.budget.reserve)
+            sequences = self.budget.tokens / self.seq_len * (1.0 + left / self.budget.seconds)
+            target = autopilot.choose_batch(sequences, world_micro, max(world_micro, t.max_batch_size),
+                                            t.batch_ramp, t.ramp_end)
+            self.max_accum = target // world_micro
+        if noise_scale is not None and self.noise.updates >= autopilot.NOISE_WARMUP:
+            self.noise_cap = world_micro * max(2, math.ceil(noise_scale / world_micro))
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.log is not None:
@@ -414,7 +482,9 @@ class Trainer:
             window_counts = {k: v for k, v in self.window.items() if not isinstance(v, torch.Tensor)}
             meta = {
                 "budget": self.budget.state_dict(), "loader": self.loader.state_dict(), "guard": asdict(self.guard),
-                "accum": self.accum, "window": window_counts, "train_seconds": self.train_seconds,
+                "accum": self.accum, "batch_target": self.max_accum * self.micro * self.strategy.world_size,
+                "noise_cap": self.noise_cap,
+                "autopilot": self.decision.to_dict(), "window": window_counts, "train_seconds": self.train_seconds,
                 "intervals": {"checkpoint": self.checkpoint_every.last, "val": self.val_every.last},
                 "data_dir": str(self.data_dir), "last_val": self.last_val, "last_loss": self.last_loss,
             }
@@ -446,6 +516,9 @@ class Trainer:
         self.budget.load_state_dict(meta["budget"])
         self.guard = Guard(**meta["guard"])
         self.accum = meta["accum"]
+        if self.auto_batch:  # the re-estimated target and the cap, in sequences: any world size reads them
+            self.max_accum = max(1, meta["batch_target"] // (self.micro * self.strategy.world_size))
+            self.noise_cap = meta["noise_cap"]
         self.train_seconds = meta["train_seconds"]
         self.checkpoint_every.last = meta["intervals"]["checkpoint"]
         self.val_every.last = meta["intervals"]["val"]
@@ -481,10 +554,14 @@ class Trainer:
             path = self.restore()
             self.view.message(f"resuming {self.run_dir} from {path.name} "
                               f"({100 * self.budget.progress():.1f}% of the budget spent)")
+        else:
+            self.budget.charge(self.decision.probe_seconds)  # measuring the device was part of the run
+        self.view.message(self.decision.line())
         if self.strategy.is_main:
             self.log = MetricsLog(self.run_dir, t.tensorboard, t.wandb, self.cfg.model_dump(mode="json"))
             self._log({"event": "resume" if resume else "start", "step": self.step, "device": str(self.device),
-                       "precision": self.precision, "hardware": self.hw.name, "flops_per_token": self.fpt})
+                       "precision": self.precision, "hardware": self.hw.name, "flops_per_token": self.fpt,
+                       "autopilot": self.decision.to_dict()})
         self.module.train()
         self._update_reserve()
         self.budget.start()
@@ -499,7 +576,8 @@ class Trainer:
                         break
                     self.train_step()
                     seconds = self.budget.seconds
-                    if self.step % t.log_every == 0:
+                    if (self.step % t.log_every == 0 or self.logged_at is None
+                            or seconds - self.logged_at >= LOG_SECONDS):
                         self.write_log()
                     running = not self.budget.exhausted
                     val, save = self.strategy.agree(running and self.val_every.due(self.step, seconds),
@@ -550,7 +628,7 @@ class Trainer:
             "flops_per_token": self.fpt, "params": param_counts(self.cfg.model)["total"],
             "skipped_steps": self.guard.skipped_total, "rollbacks": self.guard.rollbacks,
             "device": str(self.device), "hardware": self.hw.name, "precision": self.precision,
-            "cost": self.cost(), "data_dir": str(self.data_dir),
+            "cost": self.cost(), "data_dir": str(self.data_dir), "autopilot": self.decision.to_dict(),
         }
 
 
@@ -587,8 +665,10 @@ def with_dataset_shape(cfg: RunConfig, dataset: Dataset) -> RunConfig:
 
 
 def train(cfg: RunConfig, data_dir: Path, out_dir: Path, resume: bool = False, progress: bool = True,
-          strategy: Strategy | None = None) -> dict[str, Any]:
+          strategy: Strategy | None = None, choose_model: bool = False) -> dict[str, Any]:
     """Train under `cfg.budget` on the dataset in `data_dir`, writing the run dir `out_dir`.
+
+    `choose_model`: the autopilot picks the model size for the budget (`--model auto`); its `arch` is kept.
 
     A fresh run refuses a dir that already holds a run; `resume=True` continues its newest valid checkpoint.
     Returns the content of `results/train.json` (or a short `status: interrupted` record after a signal).
@@ -598,10 +678,11 @@ def train(cfg: RunConfig, data_dir: Path, out_dir: Path, resume: bool = False, p
         raise CramlmError(f"{out_dir} already holds a run: continue it with --resume {out_dir} or pick another --out")
     if resume and not (out_dir / "config.yaml").is_file():
         raise CramlmError(f"{out_dir} is not a run dir (no config.yaml) to resume")
-    trainer = Trainer(cfg, data_dir, out_dir, strategy, progress)
+    trainer = Trainer(cfg, data_dir, out_dir, strategy, progress, choose_model=choose_model and not resume,
+                      resume=resume)
     if trainer.strategy.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        trainer.cfg.save(out_dir / "config.yaml")  # on resume: with whatever was changed (a larger budget)
+        trainer.saved_config().save(out_dir / "config.yaml")  # on resume: with what changed (a larger budget)
         shutil.copyfile(trainer.dataset.tokenizer_path, out_dir / "tokenizer.json")
     with warnings.catch_warnings():
         warnings.simplefilter("default")
