@@ -14,10 +14,11 @@ Per budget M minutes (RUN is a dir under `--work`/runs):
           train.micro_batch_size=128 (Cramming's published numbers)
     (c) cramlm train DATA --budget Mm --out RUN --model A train.batch_size=B train.lr=LR
           B x LR in {32, 128, 512} x {3e-4, 1e-3, 3e-3}, plus the family members next to A at (a)'s batch and LR;
-          `--grid reduced`: only the 3-minute optimum and its 4 neighbours (one rung of batch x4 or LR ~x3 either way)
+          `--grid reduced`: only the 3-minute optimum and its 4 neighbours (one rung of batch x4 or LR ~x3 either way);
+          `--grid models`: only the neighbouring family members
     (d) transformers Trainer + BertForMaskedLM of A's depth and width (heads of 64, FFN 4x),
           DataCollatorForLanguageModeling(mlm_probability=0.15), AdamW 5e-4, batch 64, linear decay after 6% warm-up,
-          max_steps = (budget - a 5-step throughput probe) / seconds per step (needs transformers and accelerate)
+          max_steps = (budget - an 8-step throughput probe) / steady seconds per step (transformers, accelerate)
 
 where A is the family member (a) chose at the same budget (`--model` replaces it for arms b and d).
 `--objective causal` runs arms a and b with decoders, scored by the held-out loss per token. Each row is appended
@@ -53,7 +54,7 @@ from cramlm.train.checkpoint import load_model
 CRAMLM = Path(sys.executable).with_name("cramlm")
 CRAMMED = {"batch": 8192, "lr": 1e-3, "extra": ("train.micro_batch_size=128",)}  # Cramming's published numbers
 BATCHES, LRS = (8, 32, 128, 512, 2048), (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # the full grid is the middle three
-HF = {"batch": 64, "lr": 5e-4, "probe_steps": 5}
+HF = {"batch": 64, "lr": 5e-4, "probe_steps": 8}
 ARMS = {"a": "autopilot", "b": "crammed recipe, (a)'s model", "d": "HF Trainer + BertForMaskedLM"}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -148,6 +149,8 @@ class Bench:
         a = self.autopilot(minutes)
         if kind == "full":
             points = [(b, lr) for b in BATCHES[1:4] for lr in LRS[1:4]]
+        elif kind == "models":
+            points = []
         else:
             a3 = self.find(3.0, "a")
             full = [r for r in (self.select(3.0, "c", model=a3["model"], grid="full") if a3 else [])
@@ -168,7 +171,7 @@ class Bench:
         if self.find(minutes, "d", model=model):
             return
         from transformers import (BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling,
-                                  PreTrainedTokenizerFast, Trainer, TrainingArguments, set_seed)
+                                  PreTrainedTokenizerFast, Trainer, TrainerCallback, TrainingArguments, set_seed)
 
         n_layers, width = map(int, re.fullmatch(r"\w+-(\d+)x(\d+)", model).groups())
         config = BertConfig(vocab_size=self.ds.vocab_size, hidden_size=width, num_hidden_layers=n_layers,
@@ -191,8 +194,19 @@ class Bench:
             return Trainer(model=BertForMaskedLM(config), args=args, train_dataset=train_set,
                            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15))
 
+        class StepClock(TrainerCallback):
+            """Times steps as they end, so that the first (allocation, warm-up) does not count."""
+            def __init__(self) -> None:
+                self.ends: list[float] = []
+
+            def on_step_end(self, *_: Any, **__: Any) -> None:
+                self.ends.append(time.perf_counter())
+
         t0 = time.perf_counter()
-        probe = trainer(HF["probe_steps"]).train().metrics["train_runtime"] / HF["probe_steps"]
+        clock, probe_trainer = StepClock(), trainer(HF["probe_steps"])
+        probe_trainer.add_callback(clock)
+        probe_trainer.train()
+        probe = (clock.ends[-1] - clock.ends[1]) / (len(clock.ends) - 2)  # steady-state seconds per step
         steps = max(1, int((minutes * 60 - (time.perf_counter() - t0)) / probe))
         print(f"HF Trainer: {probe:.2f}s per step -> max_steps {steps}", flush=True)
         final = trainer(steps)
@@ -249,7 +263,8 @@ def main() -> None:
     ap.add_argument("--source-mb", type=float, default=5.0, help="MB read from each shard without --data (default 5)")
     ap.add_argument("--minutes", type=float, nargs="+", default=[1.0, 3.0, 10.0], help="budgets (default 1 3 10)")
     ap.add_argument("--arms", nargs="+", default=list("abcd"), choices=list("abcd"), help="subset of the arms")
-    ap.add_argument("--grid", choices=["full", "reduced"], default="full", help="arm (c): 3x3 grid or around 3 min")
+    ap.add_argument("--grid", choices=["full", "reduced", "models"], default="full",
+                    help="arm (c): the 3x3 grid, the points around the 3-minute optimum, or the neighbouring models")
     ap.add_argument("--objective", choices=["mlm", "causal"], default="mlm", help="causal: arms (a) and (b) only")
     ap.add_argument("--model", help="the model of arms (b) and (d) instead of (a)'s choice (e.g. encoder-4x256)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/cramlm-autopilot"), help="data and run dirs")

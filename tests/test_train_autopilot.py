@@ -186,6 +186,9 @@ def test_cli_defaults_to_auto_and_prints_the_decision(cli, data_dir, tmp_path):
                          "causal", "budget.hardware=cpu", "train.val_batches=2")
     assert code == 0, err
     assert "-> decoder-2x128" in out
+    for run, cls in (("run", "ModernBertForMaskedLM"), ("dec", "LlamaForCausalLM")):  # auto models always export
+        code, out, err = cli("export", tmp_path / run, "--to", tmp_path / f"{run}-hf")
+        assert code == 0 and cls in out, err
     code, _, err = cli("train", data_dir, "--model", "gpt-small", "--objective", "mlm", "--out", tmp_path / "x")
     assert code == 2 and "--objective mlm" in err
     code, _, err = cli("train", data_dir, "--budget", "1s", "--out", tmp_path / "y", "budget.hardware=cpu",
