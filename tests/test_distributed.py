@@ -134,6 +134,8 @@ def trainer_worker(out: Path, rank: int) -> None:
         "resumed": go(out / "run-single", "budget.limit=6steps", "train.strategy=fsdp", resume=True),
         "zero1": go(out / "run-zero1", "budget.limit=4steps", "train.strategy=zero1", "train.batch_ramp=none"),
         "timed": go(out / "run-timed", "budget.limit=2s", "train.strategy=ddp", "train.batch_ramp=none"),
+        "muon": go(out / "run-muon-ddp", *MUP_MUON, "train.strategy=ddp"),
+        "mup-fsdp": go(out / "run-mup-fsdp", *MUP_MUON[:-1], "train.strategy=fsdp"),
     }
     (out / f"trainer-{rank}.json").write_text(json.dumps(results, default=str))
 
@@ -144,6 +146,10 @@ def trainer_worker(out: Path, rank: int) -> None:
 TINY_RUN = ["model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "train.batch_size=16",
             "train.micro_batch_size=4", "budget.hardware=cpu", "train.log_every=1", "train.val_batches=2",
             "train.checkpoint_every=2steps", "train.device=cpu"]
+
+
+MUP_MUON = ("budget.limit=3steps", "train.batch_ramp=none", "model.parametrization=mup", "model.base_width=16",
+            "train.optimizer=muon")
 
 
 def tiny_run_config(*overrides: str):
@@ -214,9 +220,15 @@ def test_two_ranks_train_like_one_resume_across_world_sizes_and_share_the_budget
 
     # the trainer: both ranks report the same run; the 1-process run went on to step 6 on two ranks
     ranks = [json.loads((tmp_path / f"trainer-{r}.json").read_text()) for r in (0, 1)]
-    for name in ("resumed", "zero1", "timed"):
+    for name in ("resumed", "zero1", "timed", "muon", "mup-fsdp"):
         assert ranks[0][name]["steps"] == ranks[1][name]["steps"], name
         assert ranks[0][name]["status"] == "completed"
+    # muP (with Muon under DDP, with AdamW under FSDP): the replicas agree, and two ranks train as far as one
+    # process (the ranks draw other masks, so the weights are close, not equal; 3 steps move the loss by ~0.02)
+    for name, key, overrides in (("mup-fsdp", "mup-fsdp", MUP_MUON[:-1]), ("muon-ddp", "muon", MUP_MUON)):
+        assert ranks[0][key]["val_loss"] == ranks[1][key]["val_loss"], name
+        one = run(tiny_run_config(*overrides), data, tmp_path / f"one-{name}", progress=False)
+        assert abs(one["val_loss"] - ranks[0][key]["val_loss"]) < 3e-3, name
     assert ranks[0]["resumed"]["steps"] == 6 and ranks[0]["zero1"]["steps"] == 4
     assert ranks[0]["timed"]["steps"] >= 1 and ranks[0]["timed"]["seconds"] < 6
     latest = ckpt.latest_checkpoint(tmp_path / "run-zero1")

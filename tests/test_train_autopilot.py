@@ -120,20 +120,8 @@ def test_a_budget_too_small_to_train_is_refused():
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    import random
-
-    from cramlm.config import DataConfig
-    from cramlm.data.prepare import prepare
-
-    root = tmp_path_factory.mktemp("data")
-    words = "the cat sat on a mat while dogs ran in parks and birds sang songs of rivers trees stones".split()
-    rng = random.Random(0)
-    docs = (" ".join(rng.choice(words) for _ in range(rng.randint(20, 80))) for _ in range(400))
-    (root / "corpus.txt").write_text("\n\n".join(docs))
-    cfg = DataConfig(seq_len=32, vocab_size=128, val_fraction=0.1, min_chars=0, max_tokens_per_char_z=None)
-    prepare([str(root / "corpus.txt")], root / "ds", cfg, progress=False)
-    return root / "ds"
+def data_dir(tiny_dataset):
+    return tiny_dataset
 
 
 def test_auto_run_records_its_decision_and_resumes_with_it(data_dir, tmp_path):

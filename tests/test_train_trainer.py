@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cramlm.config import DataConfig, load_run_config, resolve_config
+from cramlm.config import load_run_config, resolve_config
 from cramlm.train import checkpoint as ckpt
 from cramlm.train import trainer as trainer_mod
 from cramlm.train.logging import read_metrics
@@ -20,20 +20,11 @@ from cramlm.train.trainer import train
 
 TINY = ["model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "train.batch_size=16",
         "train.micro_batch_size=4", "budget.hardware=cpu", "train.log_every=1", "train.val_batches=2"]
-WORDS = "the cat sat on a mat while dogs ran in parks and birds sang songs of rivers trees stones".split()
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    from cramlm.data.prepare import prepare
-
-    root = tmp_path_factory.mktemp("data")
-    rng = random.Random(0)
-    docs = (" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 80))) for _ in range(400))
-    (root / "corpus.txt").write_text("\n\n".join(docs))
-    cfg = DataConfig(seq_len=32, vocab_size=128, val_fraction=0.1, min_chars=0, max_tokens_per_char_z=None)
-    prepare([str(root / "corpus.txt")], root / "ds", cfg, progress=False)
-    return root / "ds"
+def data_dir(tiny_dataset):
+    return tiny_dataset
 
 
 def tiny_cfg(*overrides):

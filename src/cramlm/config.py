@@ -86,6 +86,10 @@ class ModelConfig(Section):
     sparse_head: bool = Field(True, description="project only masked positions to the vocabulary")
     head_transform: bool = Field(True, description="BERT's dense+act+norm before the MLM decoder")
     init_std: float = Field(0.02, gt=0)
+    parametrization: Literal["standard", "mup"] = Field(
+        "standard", description="mup: maximal-update parametrization, so a learning rate tuned narrow transfers wide")
+    base_width: int | None = Field(
+        None, ge=8, description="mup: the width the learning rate was tuned at (default: d_model)")
     moe: MoEConfig = MoEConfig()
 
     @field_validator("n_heads")
@@ -117,6 +121,8 @@ class TrainConfig(Section):
     lr: Union[Annotated[float, Field(gt=0)], Literal["auto"]] = Field(
         "auto", description="peak learning rate; auto = from the batch and the model width")
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", description="muon: orthogonalised momentum for the hidden matrices, AdamW for the rest")
     schedule: Literal["one-cycle", "cosine", "wsd", "constant", "linear"] = "one-cycle"
     warmup: float = Field(0.75, ge=0.0, le=1.0, description="fraction of the budget to reach peak LR")
     cooldown: float = Field(0.2, ge=0.0, le=1.0, description="wsd: fraction of the budget spent decaying")

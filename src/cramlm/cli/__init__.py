@@ -21,13 +21,16 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from cramlm.cli import cascade, demo, eval as eval_, export, plan, prepare, report, train
+    from cramlm.cli import cascade, demo, eval as eval_, export, plan, prepare, report, sweep, train
 
     app.command("plan")(plan.command)
     app.command("prepare")(prepare.command)
     app.command(
         "train", context_settings={"allow_extra_args": True, "ignore_unknown_options": False}
     )(train.command)
+    app.command(
+        "sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": False}
+    )(sweep.command)
     app.add_typer(eval_.app, name="eval")
     app.command("export")(export.command)
     app.command("report")(report.command)

@@ -35,7 +35,8 @@ from cramlm.eval.progress import GlueProgress
 from cramlm.eval.results import Result
 from cramlm.models.encoder import EncoderForSequenceClassification
 from cramlm.train.checkpoint import save_weights
-from cramlm.train.optim import param_groups
+from cramlm.models import mup
+from cramlm.train.optim import param_groups, set_lr
 from cramlm.train.schedules import lr_factor
 
 PAD, CLS, SEP = (SPECIAL_TOKENS.index(t) for t in ("[PAD]", "[CLS]", "[SEP]"))
@@ -293,7 +294,8 @@ def finetune(encoder_state: dict[str, torch.Tensor], cfg: RunConfig, task: Task,
     model = EncoderForSequenceClassification(cfg.model.model_copy(update={"dropout": ev.dropout}), task.num_labels)
     model.encoder.load_state_dict(encoder_state)
     model.to(device).train()
-    optimizer = torch.optim.AdamW(param_groups(model, ev.weight_decay), lr=ev.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, ev.weight_decay, lr_mults=mup.lr_multipliers(model, model.cfg)),
+                                  lr=ev.lr)
     lengths = np.array([len(x) for x in train_ids])
     total = finetune_steps(len(train_ids), ev.batch_size, ev.epochs)
     labels = torch.as_tensor(train_labels)
@@ -304,8 +306,7 @@ def finetune(encoder_state: dict[str, torch.Tensor], cfg: RunConfig, task: Task,
         if not batches:
             batches = length_sorted_batches(lengths, ev.batch_size, rng)
         index = batches.pop()
-        for group in optimizer.param_groups:
-            group["lr"] = ev.lr * lr_factor(step / total, ev.schedule, warmup=ev.warmup)
+        set_lr(optimizer, ev.lr * lr_factor(step / total, ev.schedule, warmup=ev.warmup))
         input_ids, mask = collate(train_ids, index, device)
         target = labels[index].to(device)
         with _autocast(device):

@@ -24,6 +24,7 @@ from torch import nn
 from cramlm.config import ModelConfig
 from cramlm.data.tokenizer import CLS_ID, PAD_ID, SEP_ID, SPECIAL_TOKENS
 from cramlm.errors import CramlmError
+from cramlm.models import mup
 from cramlm.models.encoder import Encoder, EncoderForSequenceClassification
 from cramlm.models.layers import ffn_hidden
 from cramlm.models.registry import build_model
@@ -155,9 +156,12 @@ def _hf_names(rules: list[tuple[str, list[str]]], key: str) -> list[str] | None:
 
 
 def _our_state(model: nn.Module, cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Our state dict with the scaled-sinusoidal scale replaced by the position table it produces."""
+    """Our state dict with the scaled-sinusoidal scale replaced by the position table it produces, and muP's
+    multipliers folded into the weights."""
     state = {k: v.detach() for k, v in model.state_dict().items()}
-    trunk = model.encoder if isinstance(model, EncoderForSequenceClassification) else model
+    classifier = isinstance(model, EncoderForSequenceClassification)
+    trunk = model.encoder if classifier else model
+    mup.fold_for_export(state, cfg, prefix="encoder." if classifier else "")
     if cfg.positions == "sinusoidal":
         state.pop("embed.pos.scale")
         state["embed.pos.weight"] = trunk.embed.position_table(cfg.max_seq_len).detach()

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from cramlm.config import ModelConfig
+from cramlm.models import mup
 from cramlm.models.layers import ModelOutput, Trunk, cross_entropy, init_weights
 
 
@@ -15,6 +16,8 @@ class Decoder(Trunk):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head.is_readout = True
+        self.logit_mult = mup.logit_multiplier(cfg)
         init_weights(self, cfg)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.tok.weight
@@ -29,6 +32,8 @@ class Decoder(Trunk):
         """Logits (B, L, V); `mask_positions` is accepted for a uniform call signature and ignored."""
         h, aux, metrics = self.hidden_states(input_ids, attention_mask, causal=True)
         logits = self.head(h)
+        if self.logit_mult != 1.0:
+            logits = logits * self.logit_mult
         loss = None
         if labels is not None:
             loss = cross_entropy(logits[:, :-1], labels[:, 1:])

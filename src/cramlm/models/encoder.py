@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cramlm.config import ModelConfig
+from cramlm.models import mup
 from cramlm.models.layers import ModelOutput, Trunk, cross_entropy, init_weights, make_norm
 
 
@@ -29,6 +30,8 @@ class Encoder(Trunk):
         super().__init__(cfg)
         self.transform = Transform(cfg, cfg.bias) if cfg.head_transform else nn.Identity()
         self.decoder = nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.bias)
+        self.decoder.is_readout = True
+        self.logit_mult = mup.logit_multiplier(cfg)
         init_weights(self, cfg)
         if cfg.tie_embeddings:
             self.decoder.weight = self.embed.tok.weight
@@ -48,6 +51,8 @@ class Encoder(Trunk):
             if labels is not None:
                 labels = labels.gather(1, mask_positions)
         logits = self.decoder(self.transform(h))
+        if self.logit_mult != 1.0:
+            logits = logits * self.logit_mult
         loss = None
         if labels is not None:
             loss = cross_entropy(logits, labels)
@@ -68,6 +73,7 @@ class EncoderForSequenceClassification(nn.Module):
         self.pool = Transform(cfg, bias=True)
         self.drop = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(cfg.d_model, num_labels)
+        self.classifier.is_readout = True
         init_weights(self.pool, cfg)
         init_weights(self.classifier, cfg)
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from cramlm.config import ModelConfig
 from cramlm.errors import CramlmError
+from cramlm.models import mup
 
 
 @dataclass
@@ -114,6 +115,7 @@ class Attention(nn.Module):
         self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.out.is_residual_out = True
         self.dropout = cfg.dropout
+        self.scale = mup.attention_scale(cfg)
 
     def forward(self, x: Tensor, mask: Tensor | None, causal: bool, rope: tuple[Tensor, Tensor] | None) -> Tensor:
         B, L, _ = x.shape
@@ -125,7 +127,7 @@ class Attention(nn.Module):
         q, k = qk.permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=causal and mask is None,
+            is_causal=causal and mask is None, scale=self.scale,
         )
         return self.out(y.transpose(1, 2).reshape(B, L, -1))
 
@@ -242,12 +244,15 @@ def attention_bias_mask(attention_mask: Tensor | None, causal: bool, L: int) -> 
 
 
 def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
-    """The one place weights are initialised: normal(0, init_std), residual outputs scaled by 1/sqrt(2 n_layers)."""
+    """The one place weights are initialised: normal(0, init_std), residual outputs scaled by 1/sqrt(2 n_layers),
+    hidden matrices by 1/sqrt(width ratio) under muP."""
     from cramlm.models.moe import MoE
 
+    hidden = mup.hidden_init_std(cfg)
+    residual = hidden / math.sqrt(2 * cfg.n_layers)
     for m in model.modules():
         if isinstance(m, nn.Linear):
-            std = cfg.init_std / math.sqrt(2 * cfg.n_layers) if getattr(m, "is_residual_out", False) else cfg.init_std
+            std = cfg.init_std if mup.is_readout(m) else residual if getattr(m, "is_residual_out", False) else hidden
             nn.init.normal_(m.weight, 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -259,8 +264,8 @@ def init_weights(model: nn.Module, cfg: ModelConfig) -> None:
             if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, MoE):
-            nn.init.normal_(m.w_in, 0.0, cfg.init_std)
-            nn.init.normal_(m.w_out, 0.0, cfg.init_std / math.sqrt(2 * cfg.n_layers))
+            nn.init.normal_(m.w_in, 0.0, hidden)
+            nn.init.normal_(m.w_out, 0.0, residual)
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

@@ -120,9 +120,17 @@ def choose_batch(sequences: float, micro: int, max_batch: int, ramp: str, ramp_e
     return batch
 
 
-def choose_lr(batch: int, d_model: int) -> float:
+def choose_lr(batch: int, width: int) -> float:
     """Square-root scaling with the batch up to a ceiling that falls as 1/width (see the module docstring)."""
-    return LR_CEILING * D_REF / d_model * math.sqrt(batch / (batch + B_SAT))
+    return LR_CEILING * D_REF / width * math.sqrt(batch / (batch + B_SAT))
+
+
+def lr_width(model_cfg: ModelConfig) -> int:
+    """The width `choose_lr` scales by: under muP the per-group multipliers already follow the width, so the
+    rule sees the base width the LR is defined at."""
+    if model_cfg.parametrization == "mup":
+        return model_cfg.base_width or model_cfg.d_model
+    return model_cfg.d_model
 
 
 def choose_micro(seconds_per_sequence: float | None, budget_seconds: float | None, device_type: str,
@@ -197,11 +205,13 @@ def measure_tokens_per_s(model_cfg: ModelConfig, cfg: RunConfig, micro: int, dev
 
 
 def random_batch(model_cfg: ModelConfig, seq_len: int, mask_rate: float, n: int,
-                 device: torch.device) -> dict[str, torch.Tensor]:
-    """Random tokens shaped like the loader's batches (MLM: k masked positions per row, static shapes)."""
+                 device: torch.device, ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Random tokens (or the given `ids`) shaped like the loader's batches (MLM: k masked positions per row,
+    static shapes)."""
     from cramlm.data.tokenizer import MASK_ID
 
-    ids = torch.randint(5, model_cfg.vocab_size, (n, seq_len), device=device)
+    if ids is None:
+        ids = torch.randint(5, model_cfg.vocab_size, (n, seq_len), device=device)
     if model_cfg.arch == "decoder":
         return {"input_ids": ids, "labels": ids}
     k = max(1, round(mask_rate * seq_len))
@@ -314,7 +324,7 @@ def decide(cfg: RunConfig, *, choose_model: bool, device: torch.device, dtype: t
     decision = Decision(
         budget=str(limit), model=name or "the given model", params=param_counts(model_cfg)["total"],
         tokens_per_s=tps * world_size, measured=bool(mfus), tokens=sequences * seq, micro_batch_size=micro,
-        batch_size=batch, lr=choose_lr(batch, model_cfg.d_model) if t.lr == "auto" else t.lr,
+        batch_size=batch, lr=choose_lr(batch, lr_width(model_cfg)) if t.lr == "auto" else t.lr,
         steps=ramp_steps(sequences, micro_world, batch, t.batch_ramp, t.ramp_end),
         val_batches=eval_batches(t.val_batches, micro * per_sequence, seconds),
         probe_seconds=clock() - started if mfus else 0.0, world_size=world_size,

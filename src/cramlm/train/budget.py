@@ -26,11 +26,13 @@ class Budget:
         limit: Quantity,
         *,
         flops_per_token: float = 0.0,
+        flops_per_step: float = 0.0,
         usd_per_hour: float = 0.0,
         devices: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ):
-        """`usd_per_hour` is the price of one device; `devices` the number this session runs on."""
+        """`usd_per_hour` is the price of one device; `devices` the number this session runs on;
+        `flops_per_step` what the optimizer adds to each step (Muon's matmuls)."""
         if limit.kind == "flops" and flops_per_token <= 0:
             raise CramlmError("a FLOP budget needs the model's FLOPs per token")
         if limit.kind == "usd" and usd_per_hour <= 0:
@@ -39,6 +41,7 @@ class Budget:
             )
         self.limit = limit
         self.flops_per_token = float(flops_per_token)
+        self.flops_per_step = float(flops_per_step)
         self.usd_per_hour = float(usd_per_hour)
         self.devices = int(devices)
         self.clock = clock
@@ -55,13 +58,14 @@ class Budget:
         cfg: Any,
         *,
         flops_per_token: float = 0.0,
+        flops_per_step: float = 0.0,
         usd_per_hour: float = 0.0,
         devices: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> "Budget":
         """From a `BudgetConfig`; the caller resolves the price (per device-hour) from the hardware."""
-        return cls(parse_quantity(cfg.limit), flops_per_token=flops_per_token, usd_per_hour=usd_per_hour,
-                   devices=devices, clock=clock)
+        return cls(parse_quantity(cfg.limit), flops_per_token=flops_per_token, flops_per_step=flops_per_step,
+                   usd_per_hour=usd_per_hour, devices=devices, clock=clock)
 
     @property
     def kind(self) -> BudgetKind:
@@ -91,7 +95,7 @@ class Budget:
 
     @property
     def flops(self) -> float:
-        return self.tokens * self.flops_per_token
+        return self.tokens * self.flops_per_token + self.steps * self.flops_per_step
 
     @property
     def usd(self) -> float:

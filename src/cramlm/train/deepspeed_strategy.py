@@ -26,6 +26,7 @@ from cramlm.errors import CramlmError
 from cramlm.models.registry import build_model
 from cramlm.train import checkpoint as ckpt
 from cramlm.train.distributed import Distributed, DistributedStrategy
+from cramlm.models import mup
 from cramlm.train.optim import param_groups
 from cramlm.train.trainer import resolve_precision
 
@@ -80,7 +81,8 @@ class DeepSpeedStrategy(DistributedStrategy):
             if p.ndim == 0:
                 p.data = p.data.reshape(1)
         t = self.train_cfg  # the trainer's resolved numbers (the config may say auto)
-        optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay, t.decay_norms_and_biases), lr=t.lr,
+        groups = param_groups(model, t.weight_decay, t.decay_norms_and_biases, mup.lr_multipliers(model, model.cfg))
+        optimizer = torch.optim.AdamW(groups, lr=t.lr,
                                       betas=tuple(t.betas), eps=t.eps, foreach=True)
         self.engine, *_ = self.deepspeed.initialize(model=model, optimizer=optimizer,
                                                     config=deepspeed_config(t, t.micro_batch_size))

@@ -39,7 +39,8 @@ from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, 
 from torch.distributed.tensor.placement_types import _StridedShard
 
 from cramlm.errors import CramlmError
-from cramlm.train.optim import build_optimizer, param_groups
+from cramlm.models import mup
+from cramlm.train.optim import build_optimizer, model_config, param_groups
 from cramlm.train.trainer import Strategy
 
 STRATEGIES = ("single", "ddp", "zero1", "fsdp", "tp", "fsdp+tp", "deepspeed")
@@ -162,15 +163,17 @@ class Distributed:
 
     def optimizer(self, model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
         """AdamW for the wrapped model (sharded by ZeRO-1 under `zero1`). `cfg` is a TrainConfig."""
-        if self.strategy == "single":
+        if self.strategy in ("single", "ddp"):
             return build_optimizer(model, cfg)
-        groups = param_groups(model, cfg.weight_decay, cfg.decay_norms_and_biases)
+        groups = param_groups(model, cfg.weight_decay, cfg.decay_norms_and_biases,
+                              mup.lr_multipliers(model, model_config(model)))
         hyper = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps}
         if self.strategy == "zero1":
             from torch.distributed.optim import ZeroRedundancyOptimizer
 
             zero = ZeroRedundancyOptimizer(groups[0]["params"], optimizer_class=torch.optim.AdamW, foreach=True,
                                            weight_decay=groups[0]["weight_decay"], **hyper)
+            zero.param_groups[0].update(lr_mult=groups[0]["lr_mult"], muon=groups[0]["muon"])  # synced below
             for group in groups[1:]:
                 zero.add_param_group(group)
             return zero
@@ -335,6 +338,10 @@ class DistributedStrategy(Strategy):
         if cfg.batch_ramp == "auto" and d.strategy not in ("single", "ddp", "zero1"):
             raise CramlmError(f"train.batch_ramp=auto reads one rank's whole micro-batch gradient, which "
                               f"{d.strategy} shards: use ddp or zero1, or batch_ramp=linear")
+        if cfg.optimizer == "muon" and d.strategy not in ("single", "ddp"):
+            raise CramlmError(f"train.optimizer=muon orthogonalises whole matrices, which {d.strategy} shards "
+                              "across ranks (PyTorch's Muon takes plain tensors): use train.strategy=ddp, or "
+                              "train.optimizer=adamw")
         super().__init__(d.device)
         self.dist = d
         self.rank, self.world_size = d.dp_rank, d.dp_size

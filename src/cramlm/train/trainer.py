@@ -28,7 +28,7 @@ from torch import nn
 
 from cramlm.budget import cost as costs
 from cramlm.budget import hardware
-from cramlm.budget.flops import flops_per_token, param_counts
+from cramlm.budget.flops import flops_per_token, optimizer_flops_per_step, param_counts
 from cramlm.config import RunConfig
 from cramlm.data.loader import BatchLoader
 from cramlm.data.store import Dataset
@@ -39,7 +39,7 @@ from cramlm.train import autopilot
 from cramlm.train import checkpoint as ckpt
 from cramlm.train.budget import Budget
 from cramlm.train.logging import MetricsLog, ProgressLine
-from cramlm.train.optim import build_optimizer, clip_gradients, skip_if_nonfinite
+from cramlm.train.optim import build_optimizer, clip_gradients, set_lr, skip_if_nonfinite
 from cramlm.train.schedules import NoiseScale, accumulation_at, auto_accumulation, lr_factor, lr_scale
 from cramlm.units import parse_interval
 
@@ -220,7 +220,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.loader = BatchLoader(self.dataset, "train", self.objective, t.mask_rate, t.seed,
                                   self.strategy.rank, world, t.whole_word_mask)
-        self.budget = Budget.from_config(cfg.budget, flops_per_token=self.fpt,
+        self.fps = optimizer_flops_per_step(cfg.model, t.optimizer)
+        self.budget = Budget.from_config(cfg.budget, flops_per_token=self.fpt, flops_per_step=self.fps,
                                          usd_per_hour=self.hw.usd_per_hour, devices=self.devices)
         self.checkpoint_every = Interval(t.checkpoint_every, "train.checkpoint_every")
         self.val_every = Interval(t.val_every, "train.val_every")
@@ -302,13 +303,12 @@ class Trainer:
         if self.noise_cap is not None:
             accum = min(accum, max(1, self.noise_cap // world_batch))
         if self.auto_lr:  # the rule's LR for the batch this step uses
-            peak = autopilot.choose_lr(accum * world_batch, self.cfg.model.d_model)
+            peak = autopilot.choose_lr(accum * world_batch, autopilot.lr_width(self.cfg.model))
         else:
             peak = t.lr * lr_scale(accum * world_batch, t.batch_size, t.lr_scaling)
         lr = peak * self.guard.lr_mult * lr_factor(progress, t.schedule, warmup=t.warmup, lr_start=t.lr_start,
                                                    lr_end=t.lr_end, cooldown=t.cooldown)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=self.device)
         small_sq = None
@@ -371,7 +371,7 @@ class Trainer:
             "step": self.step, "progress": self.budget.progress(), "tokens": spent["tokens"],
             "flops": spent["flops"], "seconds": spent["seconds"], "loss": loss if ok else None, "lr": self.lr,
             "batch_size": self.batch_size, "grad_norm": float(w["grad_norm"]), "tokens_per_s": tokens_per_s,
-            "mfu": self.fpt * tokens_per_s / self.peak if self.peak else None, "skipped": bad,
+            "mfu": self.mfu(w["tokens"], w["steps"], seconds), "skipped": bad,
             "eta": self.budget.eta(), "usd": cost["usd"], "co2_kg": cost["co2_kg"],
         }
         if self.measure_noise:
@@ -617,6 +617,12 @@ class Trainer:
                                                                  "seconds": results["seconds"]})
         return results
 
+    def mfu(self, tokens: int, steps: int, seconds: float) -> float | None:
+        """Model FLOPs (and the optimizer's matmuls) per second over the device's peak."""
+        if not self.peak or seconds <= 0:
+            return None
+        return (self.fpt * tokens + self.fps * steps) / seconds / self.peak
+
     def results(self, val_loss: float) -> dict[str, Any]:
         spent = self.budget.spent
         tokens_per_s = spent["tokens"] / self.train_seconds if self.train_seconds else 0.0
@@ -624,7 +630,7 @@ class Trainer:
             "status": "completed", "budget": self.cfg.budget.limit, "steps": spent["steps"],
             "tokens": spent["tokens"], "flops": spent["flops"], "seconds": spent["seconds"],
             "train_seconds": self.train_seconds, "train_loss": self.last_loss, "val_loss": val_loss,
-            "tokens_per_second": tokens_per_s, "mfu": self.fpt * tokens_per_s / self.peak if self.peak else None,
+            "tokens_per_second": tokens_per_s, "mfu": self.mfu(spent["tokens"], spent["steps"], self.train_seconds),
             "flops_per_token": self.fpt, "params": param_counts(self.cfg.model)["total"],
             "skipped_steps": self.guard.skipped_total, "rollbacks": self.guard.rollbacks,
             "device": str(self.device), "hardware": self.hw.name, "precision": self.precision,
