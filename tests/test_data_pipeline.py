@@ -190,8 +190,10 @@ def test_resume_skips_finished_units_and_matches(dataset_dir, tmp_path):
     assert _files(part) == _files(tmp_path / "full")
     keys = ("documents", "tokens", "dropped")
     assert {k: again[k] for k in keys} == {k: full[k] for k in keys}
-    changed = cfg.model_copy(update={"seq_len": 16})  # another config starts over
-    assert prepare(src, part, changed, progress=False)["seq_len"] == 16
+    changed = cfg.model_copy(update={"seq_len": 16})  # another config is refused, or starts over with force
+    with pytest.raises(CramlmError, match=r"another config: data.seq_len=32 \(now 16\).*--force"):
+        prepare(src, part, changed, progress=False)
+    assert prepare(src, part, changed, progress=False, force=True)["seq_len"] == 16
 
 
 def test_shard_and_merge_equal_a_single_run(dataset_dir, tmp_path, cli):

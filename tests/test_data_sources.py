@@ -74,7 +74,7 @@ def test_binary_file_and_bad_utf8_are_skipped_and_counted(tmp_path):
     (tmp_path / "a.bin").write_bytes(bytes(range(256)) * 10)
     (tmp_path / "b.txt").write_bytes(b"good line\n\xff\xfe bad \xc3\x28 line\nmore good\n")
     skipped = Counter()
-    assert docs(tmp_path, skipped=skipped) == ["good line\nmore good"]
+    assert docs(tmp_path, skipped=skipped, documents="paragraphs") == ["good line\nmore good"]
     assert skipped == {"binary_files": 1, "non_utf8_lines": 1}
 
 

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from test_eval_glue import make_run_dir
+from test_train_preflight import snapshot
 
 TEXT = "the cat sat on the mat . the dog ran under the big red table near the small blue house .\n" * 4
 
@@ -21,12 +22,14 @@ def test_ppl_and_lambada_json(cli, runs, tmp_path):
     assert code == 0, err
     result = json.loads(out)
     assert result["name"] == "ppl" and result["settings"]["stride"] == 16 and result["details"]["words"] == 84
-    assert result["metrics"]["word_ppl"] > 1 and (dec / "results" / "ppl.json").is_file()
+    written = dec / "results" / f"ppl-{tmp_path.name}-test.json"
+    assert result["metrics"]["word_ppl"] > 1 and result["key"] == written.stem and written.is_file()
     data = tmp_path / "lambada.jsonl"
     data.write_text('{"text": "the cat sat on the mat"}\n{"text": "the dog ran under the table"}\n')
     code, out, err = cli("eval", "lambada", dec, "--data", data)
     assert code == 0, err
-    assert "accuracy" in out and json.loads((dec / "results" / "lambada.json").read_text())["details"]["examples"] == 2
+    saved = json.loads((dec / "results" / f"lambada-{tmp_path.name}-lambada.json").read_text())
+    assert "accuracy" in out and saved["details"]["examples"] == 2
 
 
 def test_encoder_pseudo_perplexity_and_fill_mask(cli, runs, tmp_path):
@@ -35,7 +38,9 @@ def test_encoder_pseudo_perplexity_and_fill_mask(cli, runs, tmp_path):
     text.write_text(TEXT)
     code, out, err = cli("eval", "ppl", enc, "--text", text, "--max-tokens", "20", "--json")
     assert code == 0, err
-    assert json.loads(out)["settings"]["kind"] == "pseudo-perplexity"
+    result = json.loads(out)
+    assert result["settings"]["kind"] == "pseudo-perplexity" and result["settings"]["stride"] is None
+    assert set(result["metrics"]) == {"pseudo_token_ppl", "pseudo_bits_per_token"}  # no word count: truncated
     code, out, err = cli("eval", "fill-mask", enc, "the cat [MASK] on the [MASK]", "--top-k", "3")
     assert code == 0, err
     lines = out.strip().splitlines()
@@ -116,4 +121,62 @@ def test_unigram_baseline_and_dataset_val_loss(cli, runs, tmp_path):
     code, _, err = cli("prepare", src, "--out", tmp_path / "other" / "ds", "--vocab-size", "200", "--quiet")
     assert code == 0, err
     code, _, err = cli("eval", "ppl", dec, "--text", text, "--unigram", tmp_path / "other" / "ds")
-    assert code == 2 and "another vocabulary" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "another tokenizer" in err and len(err.strip().splitlines()) == 1
+
+
+def test_each_input_keeps_its_own_results_file_and_report_shows_them(cli, tmp_path):
+    from cramlm.eval.results import load_results
+    from cramlm.report.html import run_rows
+    from cramlm.report.plots import load_run
+
+    dec = make_run_dir(tmp_path / "dec", "decoder")
+    for name in ("wiki", "books"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "test.txt").write_text(TEXT)
+        code, _, err = cli("eval", "ppl", dec, "--text", tmp_path / name / "test.txt")
+        assert code == 0, err
+    code, _, err = cli("eval", "ppl", dec, "--text", tmp_path / "wiki" / "test.txt", "--stride", "8")
+    assert code == 0, err  # the same input again: its file is replaced
+    assert sorted(load_results(dec)) == ["ppl-books-test", "ppl-wiki-test"]
+    assert load_results(dec)["ppl-wiki-test"].settings["stride"] == 8
+    (dec / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n')
+    header, _ = run_rows([load_run(dec)])
+    assert "ppl-books-test" in header and "ppl-wiki-test" in header
+
+
+def test_mlm_on_a_dataset_with_another_tokenizer_is_refused(cli, runs, tiny_dataset):
+    enc, _ = runs
+    before = snapshot(enc)
+    code, _, err = cli("eval", "mlm", enc, "--data", tiny_dataset)
+    assert code == 2 and "another tokenizer" in err and len(err.strip().splitlines()) == 1, err
+    assert snapshot(enc) == before
+
+
+@pytest.mark.parametrize("content,message", [(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary, not text"),
+                                             ("caf\xe9 au lait".encode("latin-1"), "not UTF-8 text")])
+def test_a_text_that_is_not_utf8_text_is_refused(cli, runs, tmp_path, content, message):
+    enc, dec = runs
+    path = tmp_path / "file.txt"
+    path.write_bytes(content)
+    for args in (["ppl", dec, "--text", path], ["mlm", enc, "--text", path], ["lambada", dec, "--data", path]):
+        code, _, err = cli("eval", *args)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_stride_on_an_encoder_is_refused(cli, runs, tmp_path):
+    enc, _ = runs
+    (tmp_path / "t.txt").write_text(TEXT)
+    code, _, err = cli("eval", "ppl", enc, "--text", tmp_path / "t.txt", "--stride", "16")
+    assert code == 2 and "--stride is for causal models" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_long_pseudo_perplexity_says_how_long_first(cli, runs, tmp_path, monkeypatch):
+    from cramlm.eval import progress
+
+    enc, _ = runs
+    (tmp_path / "t.txt").write_text(TEXT)
+    monkeypatch.setattr(progress, "SLOW_SECONDS", -1.0)  # every loop counts as long
+    code, out, err = cli("eval", "ppl", enc, "--text", tmp_path / "t.txt", "--json")
+    assert code == 0, err
+    assert "pseudo-perplexity: " in err and "at this speed" in err and "--max-tokens" in err
+    assert json.loads(out)["metrics"]["pseudo_word_ppl"] > 1  # stdout stays the result alone

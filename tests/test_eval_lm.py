@@ -68,9 +68,12 @@ def test_perplexity_reports_tokens_and_words():
     assert result["word_ppl"] == pytest.approx(math.exp(result["nll"] / result["words"]))
     assert result["token_ppl"] == pytest.approx(math.exp(result["nll"] / result["tokens"]))
     short = perplexity(tiny("encoder", tok.get_vocab_size()), tok, TEXT, window=32, max_tokens=10)
-    assert short["kind"] == "pseudo-perplexity" and short["tokens"] == 10 and short["word_ppl"] is None
+    assert short["kind"] == "pseudo-perplexity" and short["tokens"] == 10 and short["pseudo_word_ppl"] is None
+    assert "token_ppl" not in short and short["pseudo_token_ppl"] > 1  # not comparable with a causal model's
     with pytest.raises(CramlmError, match="stride"):
         perplexity(tiny("decoder", tok.get_vocab_size()), tok, TEXT, window=32, stride=32)
+    with pytest.raises(CramlmError, match="--stride is for causal models"):
+        perplexity(tiny("encoder", tok.get_vocab_size()), tok, TEXT, window=32, stride=16)
 
 
 class Bigram(nn.Module):

@@ -41,9 +41,13 @@ class DataConfig(Section):
     lowercase: bool = True
     tokenizer_sample_mb: float = Field(64.0, gt=0, description="MB of text sampled to train the tokenizer")
     text_field: str = "text"
-    val_fraction: float = Field(0.01, ge=0.0, lt=0.5, description="fraction of documents held out")
+    documents: Literal["auto", "paragraphs", "lines", "file"] = Field(
+        "auto", description="how plain text becomes documents; auto: lines when a file has no blank line, else "
+        "paragraphs")
+    val_fraction: float = Field(0.01, ge=0.0, lt=0.5, description="fraction of documents held out (at least one)")
     min_chars: int = Field(32, ge=0)
-    max_chars: int = Field(5_000_000, ge=1)
+    max_chars: int = Field(5_000_000, ge=1, description="longer documents are split at paragraph, line or "
+                           "sentence boundaries")
     dedup: bool = True
     near_dedup: bool = False
     near_dedup_threshold: float = Field(0.8, gt=0.0, le=1.0)

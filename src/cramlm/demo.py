@@ -56,7 +56,7 @@ def run_demo(
     data_dir = out_dir / "data"
 
     console.rule("[bold]1/3 prepare[/]: the python-docs corpus -> WordPiece tokens -> packed shards")
-    manifest = prepare(sources or ["python-docs"], data_dir, cfg.data, progress=True)
+    manifest = prepare(sources or ["python-docs"], data_dir, cfg.data, progress=True, force=True)  # the demo owns it
     console.print(
         f"{manifest['documents']:,} documents, {manifest['tokens']:,} tokens, vocab {manifest['vocab_size']:,}, "
         f"{manifest['splits']['train']['sequences']:,} train / {manifest['splits']['val']['sequences']:,} held-out sequences of "

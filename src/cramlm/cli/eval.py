@@ -1,7 +1,8 @@
 """`cramlm eval`: downstream and language-modelling evaluations of a run dir or an exported HF dir.
 
-Each subcommand writes `RUN_DIR/results/<name>.json` (one schema, see docs/eval.md), prints a table, or with
-`--json` the same result as JSON.
+Each subcommand writes `RUN_DIR/results/<name>-<input>.json` (one file per text or dataset scored; GLUE:
+`results/glue.json`; one schema, see docs/eval.md), prints a table, or with `--json` the same result as JSON.
+Progress and time estimates go to stderr.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ app = typer.Typer(help="Evaluate a trained model: GLUE, perplexity, LAMBADA, MLM
                   no_args_is_help=True)
 
 RUN_DIR = typer.Argument(..., help="A run dir (from `cramlm train`) or an exported HF dir.")
-JSON = typer.Option(False, "--json", help="Print the result as JSON (the content of results/<name>.json).")
+JSON = typer.Option(False, "--json", help="Print the result as JSON (the content of its results file).")
 
 
 def _ints(text: Optional[str], option: str) -> Optional[list[int]]:
@@ -41,10 +42,11 @@ def _show(result, as_json: bool, table: Table | None = None) -> None:
         table.add_column("value", justify="right")
         for k, v in {**result.metrics, **result.details}.items():
             table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+        if result.settings.get("kind") == "pseudo-perplexity":
+            table.caption = "pseudo-perplexity (encoder): not comparable with a causal model's perplexity"
     console = Console()
     console.print(table)
-    console.print(f"written: {Path(result.model) / 'results' / (result.name + '.json')} "
-                  f"({result.runtime_s:.0f}s)")
+    console.print(f"written: {result.path(result.model)} ({result.runtime_s:.0f}s)")
 
 
 @app.command("glue")
@@ -80,23 +82,24 @@ def glue(
 def ppl(
     run_dir: Path = RUN_DIR,
     text: Path = typer.Option(..., "--text", help="UTF-8 text file to score (e.g. wikitext-2-raw/test.txt)."),
-    stride: Optional[int] = typer.Option(None, "--stride", min=1, help="Tokens each window advances (causal "
-                                         "models), below the window; smaller = more context per token, slower. "
-                                         "Default: half the window."),
+    stride: Optional[int] = typer.Option(None, "--stride", min=1, help="Causal models only: tokens each window "
+                                         "advances, below the window (e.g. 64 for a 128-token model); smaller = "
+                                         "more context per token, slower. Default: half the window."),
     window: Optional[int] = typer.Option(None, "--window", min=2, help="Tokens per window. Default and maximum: "
                                          "model.max_seq_len."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Score only the first N tokens "
-                                             "(pseudo-perplexity of encoders costs one pass per token). Default: all."),
+                                             "(pseudo-perplexity of encoders costs one forward pass per token; a "
+                                             "long one prints its time estimate first). Default: all."),
     unigram: Optional[Path] = typer.Option(None, "--unigram", help="Dataset dir from `cramlm prepare` with the "
                                            "model's tokenizer: also report the perplexity of its add-one unigram "
                                            "model (training-token counts) on the same tokens. Default: none."),
     as_json: bool = JSON,
 ) -> None:
-    """Perplexity per token and per word (sliding window); pseudo-perplexity for encoders."""
+    """Perplexity per token and per word (sliding window); pseudo-perplexity for encoders (pseudo_* metrics)."""
     from cramlm.eval.lm import evaluate_ppl
 
-    _show(evaluate_ppl(run_dir, text, stride=stride, window=window, max_tokens=max_tokens, unigram_data=unigram),
-          as_json)
+    _show(evaluate_ppl(run_dir, text, stride=stride, window=window, max_tokens=max_tokens, unigram_data=unigram,
+                       progress=not as_json), as_json)
 
 
 @app.command("lambada")
@@ -114,7 +117,7 @@ def lambada(
     """LAMBADA: last-word accuracy (greedy, whole word) and last-word perplexity."""
     from cramlm.eval.lm import evaluate_lambada
 
-    _show(evaluate_lambada(run_dir, data, limit=limit, unigram_data=unigram), as_json)
+    _show(evaluate_lambada(run_dir, data, limit=limit, unigram_data=unigram, progress=not as_json), as_json)
 
 
 @app.command("fill-mask")
@@ -137,8 +140,8 @@ def mlm(
     run_dir: Path = RUN_DIR,
     text: Optional[Path] = typer.Option(None, "--text", help="UTF-8 text file, packed into rows of data.seq_len "
                                         "tokens."),
-    data: Optional[Path] = typer.Option(None, "--data", help="A dataset dir from `cramlm prepare`: its val split, "
-                                        "with the unigram baseline on the same positions."),
+    data: Optional[Path] = typer.Option(None, "--data", help="A dataset dir from `cramlm prepare` with the model's "
+                                        "tokenizer: its val split, with the unigram baseline on the same positions."),
     mask_rate: Optional[float] = typer.Option(None, "--mask-rate", min=0.01, max=0.99, help="Fraction of tokens "
                                               "masked and predicted. Default: train.mask_rate of the run."),
     seed: int = typer.Option(0, "--seed", help="Masking seed: the same seed scores the same positions. Default: 0."),
@@ -147,4 +150,5 @@ def mlm(
     """Held-out masked-LM loss (next-token loss for causal models) on a text file or a dataset's val split."""
     from cramlm.eval.lm import evaluate_mlm
 
-    _show(evaluate_mlm(run_dir, text_file=text, data_dir=data, mask_rate=mask_rate, seed=seed), as_json)
+    _show(evaluate_mlm(run_dir, text_file=text, data_dir=data, mask_rate=mask_rate, seed=seed,
+                       progress=not as_json), as_json)

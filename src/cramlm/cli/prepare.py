@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
-from cramlm.config import resolve_config
+from cramlm.config import DataConfig, RunConfig, resolve_config
 from cramlm.errors import CramlmError
 
 
@@ -19,6 +20,14 @@ def command(
         "python-docs or python-docs+site-packages; then config overrides such as data.min_chars=64.",
     ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Dataset dir to write (created if missing)."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace a dataset in --out made from other inputs or config, or write into a "
+        "folder that is not empty. Default: refuse (the same prepare again resumes).",
+    ),
+    documents: Optional[str] = typer.Option(
+        None, "--documents", help="How plain text becomes documents: paragraphs (blank-line separated), lines, "
+        "file (one per file) or auto (default: lines for a file without blank lines, else paragraphs).",
+    ),
     tokenizer: Optional[str] = typer.Option(
         None, "--tokenizer", help="Tokenizer to train: wordpiece (default), bpe (byte-level) or unigram."
     ),
@@ -32,7 +41,7 @@ def command(
         None, "--val-fraction", help="Fraction of documents held out for validation. Default 0.01."
     ),
     text_field: Optional[str] = typer.Option(
-        None, "--text-field", help="JSONL/parquet field with the text. Default text."
+        None, "--text-field", help="JSON/JSONL/parquet field with the text. Default text."
     ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with a data: section."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Take the data section of this recipe preset."),
@@ -51,17 +60,14 @@ def command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Filter, tokenize, split and pack text into a dataset dir that `cramlm train` streams from."""
-    from cramlm.data.stats import stats_tables
-
-    console = Console()
     if stats is not None:
-        for table in stats_tables(stats):
-            console.print(table)
+        _show(stats)
         return
-    sources = [a for a in (args or []) if "=" not in a]
-    overrides = [a for a in (args or []) if "=" in a]
+    overrides = [a for a in (args or []) if "=" in a and not Path(a).exists()]
+    sources = [a for a in (args or []) if a not in overrides]
+    _check_overrides(overrides)
     flags = {"tokenizer": tokenizer, "tokenizer_file": tokenizer_file, "vocab_size": vocab_size,
-             "seq_len": seq_len, "val_fraction": val_fraction, "text_field": text_field,
+             "seq_len": seq_len, "val_fraction": val_fraction, "text_field": text_field, "documents": documents,
              "prune.method": prune, "prune.keep": prune_keep}
     overrides += [f"data.{k}={v}" for k, v in flags.items() if v is not None]
     cfg = resolve_config(recipe=recipe, config_file=config, overrides=overrides).data
@@ -71,12 +77,40 @@ def command(
         raise CramlmError(f"--workers must be 0 or more, got {workers}")
     from cramlm.data import prepare as pipeline
 
+    start = time.perf_counter()
     if merge:
-        pipeline.merge(sources, out)
+        pipeline.merge(sources, out, force=force)
     else:
-        pipeline.prepare(sources, out, cfg, workers=workers, progress=not quiet, shard=_parse_shard(shard))
-    for table in stats_tables(out):
+        pipeline.prepare(sources, out, cfg, workers=workers, progress=not quiet, shard=_parse_shard(shard),
+                         force=force)
+    typer.echo(f"prepared {out} in {time.perf_counter() - start:.1f} s")
+    _show(out)
+
+
+def _show(root: Path) -> None:
+    """The dataset's tables, then its warnings on stderr where they are not lost among the tables."""
+    from cramlm.data.stats import stats_tables
+    from cramlm.data.store import read_manifest
+
+    console = Console()
+    for table in stats_tables(root):
         console.print(table)
+    for warning in read_manifest(root).get("warnings", []):
+        Console(stderr=True).print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
+
+
+def _check_overrides(overrides: list[str]) -> None:
+    """prepare reads only the data section: refuse an override it would silently ignore."""
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        section = key.split(".")[0]
+        if section == "data":
+            continue
+        if section in RunConfig.model_fields:
+            raise CramlmError(f"prepare reads only the data section: {text} would be ignored "
+                              f"(give it to `cramlm {'eval' if section == 'eval' else 'train'}`)")
+        hint = f" (did you mean data.{text}?)" if section in DataConfig.model_fields else ""
+        raise CramlmError(f"prepare takes data.KEY=VALUE overrides, got {text!r}{hint}")
 
 
 def _parse_shard(text: str | None) -> tuple[int, int]:

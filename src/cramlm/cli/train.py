@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Optional
@@ -33,44 +34,60 @@ def model_choice(model: str, objective: str | None, config: Path | None,
     return BASE_PRESET[arch], not fixed
 
 
+def stop_code(signal_name: str) -> int:
+    """The exit status of a run stopped by a signal: 128 + its number (130 SIGINT, 143 SIGTERM), as a shell reports
+    a process killed by it, so `cramlm train ... && cramlm eval ...` does not go on with an unfinished model."""
+    return 128 + signal.Signals[signal_name].value
+
+
 def command(
     args: list[str] = typer.Argument(
         None, metavar="[DATA_DIR] [SECTION.KEY=VALUE]...",
         help="The dataset dir written by `cramlm prepare`, then config overrides such as train.lr=1e-3.",
     ),
-    model: str = typer.Option(
-        "auto", "--model", "-m", help="auto: the model size the budget buys on this device (a member of the family "
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="auto: the model size the budget buys on this device (a member of the family "
         "encoder-2x128 ... encoder-32x2048, decoder-... for --objective causal); a family member; or a preset "
-        "(bert-crammed, gpt-small, tiny...). A --config with a model section or model.* overrides fix the model."),
+        "(bert-crammed, gpt-small, tiny...). A --config with a model section or model.* overrides fix the model. "
+        "Default: auto."),
     objective: Optional[str] = typer.Option(
         None, "--objective", help="mlm (encoder) or causal (decoder), for --model auto. Default: mlm, or the "
         "model's own."),
-    recipe: str = typer.Option("crammed", "--recipe", "-r", help="Recipe preset: crammed, original-bert, demo."),
+    recipe: Optional[str] = typer.Option(
+        None, "--recipe", "-r", help="Recipe preset: crammed, original-bert, demo. Default: crammed."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with config sections."),
     budget: Optional[str] = typer.Option(
         None, "--budget", "-b", help="Budget: wall-clock (10m, 24h), 3e18flops, 2e9tokens, 500steps or 50usd. "
         "Default: the recipe's budget.limit (10m)."
     ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run dir to write. Default: runs/<time>."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this run dir."),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="Continue the run in this run dir, with its own model, recipe and config (a larger "
+        "--budget and train.*/budget.* overrides apply on top)."),
     nproc: int = typer.Option(
         1, "--nproc", min=1, help="Processes (one per GPU) on this machine; above 1 the command re-runs itself "
         "under torchrun with train.strategy (auto = DDP). Default 1. Several machines: see docs/distributed.md.",
     ),
 ) -> None:
-    """Pretrain under a budget; the run dir gets config.yaml, metrics.jsonl, checkpoints and final/."""
+    """Pretrain under a budget; the run dir gets config.yaml, metrics.jsonl, checkpoints and final/. Stopped by
+    Ctrl-C or SIGTERM, it writes a checkpoint and exits 130 or 143."""
     positional = [a for a in (args or []) if "=" not in a]
     overrides = [a for a in (args or []) if "=" in a]
     if budget:
         overrides.append(f"budget.limit={budget}")
     choose_model = False
     if resume is not None:  # the run's own config; options given now (a larger --budget) apply on top
+        given = [flag for flag, value in (("--model", model), ("--objective", objective), ("--recipe", recipe),
+                                          ("--config", config)) if value is not None]
+        if given:
+            raise CramlmError(f"--resume continues the run with its own model, recipe and config: drop "
+                              f"{', '.join(given)} (or start a new run with --out)")
         if not (resume / "config.yaml").is_file():
             raise CramlmError(f"{resume} is not a run dir (no config.yaml) to resume")
         cfg = resolve_config(config_file=resume / "config.yaml", overrides=overrides)
     else:
-        preset, choose_model = model_choice(model, objective, config, overrides)
-        cfg = resolve_config(model=preset, recipe=recipe, config_file=config, overrides=overrides)
+        preset, choose_model = model_choice(model or "auto", objective, config, overrides)
+        cfg = resolve_config(model=preset, recipe=recipe or "crammed", config_file=config, overrides=overrides)
         if objective is not None and cfg.model.arch != OBJECTIVES[objective]:
             raise CramlmError(f"--objective {objective} trains a {OBJECTIVES[objective]}, but the model is an "
                               f"{cfg.model.arch}")
@@ -98,11 +115,9 @@ def command(
                     choose_model=choose_model)
     if strategy is not None:
         strategy.dist.close()
-        if not strategy.is_main:
-            return
-    if results["status"] != "completed":
-        typer.echo(f"stopped by {results['signal']} at step {results['step']}; "
-                   f"continue with: cramlm train --resume {run_dir}")
+    if results["status"] != "completed":  # the trainer said where the checkpoint is and how to resume
+        raise typer.Exit(stop_code(results["signal"]))
+    if strategy is not None and not strategy.is_main:
         return
     val = "" if results["val_loss"] is None else f", val loss {results['val_loss']:.4f}"
     typer.echo(f"{run_dir}: {results['steps']} steps, {results['tokens']:,} tokens in {results['seconds']:.0f}s "

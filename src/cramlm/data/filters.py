@@ -95,20 +95,20 @@ class TextFilters:
         self.near = NearDuplicates(cfg.near_dedup_threshold) if cfg.near_dedup and dedup is not False else None
         self.seen: set[bytes] = set()
         self.dropped: Counter[str] = Counter()
+        self.documents = 0  # documents seen, for the error when none is kept
         self.chars = 0  # characters seen, for progress
 
     def reason(self, text: str) -> str | None:
-        """Why this document is dropped, or None to keep it. Stateless checks only (safe on samples)."""
-        n = len(text.strip())
-        if n < self.cfg.min_chars:
+        """Why this document is dropped, or None to keep it. Stateless checks only (safe on samples); documents over
+        max_chars never get here: they are split first."""
+        if len(text.strip()) < self.cfg.min_chars:
             return "too_short"
-        if n > self.cfg.max_chars:
-            return "too_long"
         if symbol_ratio(text) > self.cfg.max_symbol_ratio:
             return "not_text"
         return None
 
     def keep(self, text: str) -> bool:
+        self.documents += 1
         self.chars += len(text)
         why = self.reason(text)
         if why is None and self.dedup:

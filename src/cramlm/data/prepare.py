@@ -9,7 +9,8 @@ on the input). Each unit is packed on its own into one shard per split and commi
   single machine would have written, byte for byte;
 - determinism: tokenization runs on `workers` processes but results are consumed in input order, so shards are
   byte-identical whatever the number of workers.
-Before the stream, a pass gathers a sample to train the tokenizer (skipped with `tokenizer_file`; when the whole
+Documents over `max_chars` are split (`sources.split_document`) before anything else sees them. Before the
+stream, a pass gathers a sample to train the tokenizer (skipped with `tokenizer_file`; when the whole
 corpus fits in the sample it is kept and read from memory). Memory is bounded by the chunk size, the sample and
 the dedup hash set (16 bytes per kept document).
 """
@@ -20,8 +21,10 @@ import json
 import os
 import shutil
 import time
+from bisect import insort
 from collections import Counter, deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,7 @@ from cramlm import __version__
 from cramlm.config import DataConfig
 from cramlm.data.filters import CompressionFilter, TextFilters, raw_hash, text_hash, token_cost
 from cramlm.data.prune import make_pruner
-from cramlm.data.sources import check_sources, fingerprint, iter_documents, source_bytes
+from cramlm.data.sources import check_sources, fingerprint, iter_documents, source_bytes, split_document
 from cramlm.data.store import FORMAT, FORMAT_VERSION, SPLITS, Packer, ShardWriter, token_dtype, write_manifest
 from cramlm.data.tokenizer import load_tokenizer, save_tokenizer, tokenizer_hash, train_tokenizer
 from cramlm.errors import CramlmError
@@ -51,33 +54,59 @@ def _unit_float(key: bytes) -> float:
     return int.from_bytes(key[:8], "little") / 2**64
 
 
-def _all_documents(sources: list[str], text_field: str, skipped: Counter) -> Iterator[str]:
+def _all_documents(sources: list[str], cfg: DataConfig, skipped: Counter) -> Iterator[str]:
+    """Every source's documents in order; one over max_chars is split into pieces (counted as split_long)."""
     for spec in sources:
-        yield from iter_documents(spec, text_field, skipped)
+        for text in iter_documents(spec, cfg.text_field, skipped, cfg.documents):
+            if len(text) <= cfg.max_chars:
+                yield text
+            else:
+                skipped["split_long"] += 1
+                yield from split_document(text, cfg.max_chars)
 
 
 def _sample(
-    sources: list[str], cfg: DataConfig, total_bytes: int | None
-) -> tuple[list[str], list[str] | None, Counter]:
-    """(tokenizer sample, the whole corpus if it fit in the sample budget else None, skip counts of this pass)."""
+    sources: list[str], cfg: DataConfig, total_bytes: int | None, probe: TextFilters, skipped: Counter
+) -> tuple[list[str], list[str] | None]:
+    """(tokenizer sample, the whole corpus if it fit in the sample budget else None); `probe` counts what the
+    stateless filters dropped and `skipped` what could not be read, for the error when nothing is usable."""
     budget = cfg.tokenizer_sample_mb * MB
     rate = 1.0 if not total_bytes else min(1.0, budget / total_bytes)
-    probe = TextFilters(cfg, dedup=False)
-    skipped: Counter = Counter()
     sample: list[str] = []
     corpus: list[str] | None = [] if rate == 1.0 else None
     chars = 0
-    for text in _all_documents(sources, cfg.text_field, skipped):
+    for text in _all_documents(sources, cfg, skipped):
         if corpus is not None:
             corpus.append(text)
-        if probe.reason(text) is None and (rate == 1.0 or _unit_float(text_hash(text)) < rate):
+        if probe.keep(text) and (rate == 1.0 or _unit_float(text_hash(text)) < rate):
             sample.append(text)
             chars += len(text)
             if chars >= budget:
                 corpus = None  # the corpus is larger than the sample: stream it again
                 if rate < 1.0:
                     break
-    return sample, corpus, skipped
+    return sample, corpus
+
+
+SKIPS = {"binary_files": ("binary file", "skipped (not text)"), "non_utf8_lines": ("line", "skipped (not UTF-8)"),
+         "bad_json_lines": ("line", "skipped (not JSON)")}
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _nothing_usable(sources: list[str], cfg: DataConfig, probe: TextFilters, skipped: Counter) -> CramlmError:
+    """The one-line refusal when no document passes: what was read, what each filter or skip took, the fix."""
+    drops = {"too_short": f"shorter than data.min_chars={cfg.min_chars} (lower it, e.g. data.min_chars=0)",
+             "not_text": f"mostly not letters (raise data.max_symbol_ratio={cfg.max_symbol_ratio:g})"}
+    parts = [f"{n:,} {drops.get(k, k)}" for k, n in probe.dropped.most_common()]
+    parts += [f"{_count(skipped[k], noun)} {why}" for k, (noun, why) in SKIPS.items() if skipped[k]]
+    if skipped["missing_field_lines"]:
+        parts.append(f"{_count(skipped['missing_field_lines'], 'record')} without the field {cfg.text_field!r} "
+                     "(use --text-field)")
+    found = f"{_count(probe.documents, 'document')} read" if probe.documents else "no text found"
+    return CramlmError(f"no usable documents in {' '.join(sources)}: {'; '.join([found, *parts])}")
 
 
 def _encode(tok: Any, texts: list[str]) -> list[list[int]]:
@@ -141,7 +170,13 @@ def _encoded(items: Iterator, tok: Any, pool: Any, window: int = 4) -> Iterator:
 
 
 class _Unit:
-    """The packing state of one unit: packers, shard writers and counts, committed with units/NNNNN.json."""
+    """The packing state of one unit: packers, shard writers and counts, committed with units/NNNNN.json.
+
+    A document goes to val when its hash falls below val_fraction. So that a small corpus still gets a usable val
+    split, while val is short of one sequence the unit holds back its lowest-hash other documents, and at its end
+    moves them to val (lowest hash first) until val packs one sequence, as long as train keeps one; of two or more
+    documents at least one is held out. It all depends on the unit's content only, so resume and shards agree.
+    """
 
     def __init__(self, out: Path, index: int, cfg: DataConfig, dtype: np.dtype, vocab_size: int):
         self.out, self.index, self.cfg, self.dtype = out, index, cfg, dtype
@@ -150,24 +185,73 @@ class _Unit:
         self.counts = {s: Counter() for s in SPLITS}
         self.token_counts = np.zeros(vocab_size, dtype=np.int64)
         self.lengths: Counter = Counter()
+        self.held: list[tuple[float, np.ndarray]] = []  # val candidates, lowest hash first
+        self.fresh: list[np.ndarray] = []  # train documents not counted in token_counts yet
 
     def add(self, texts: list[str], ids_list: list[list[int]]) -> None:
         """Add a chunk of kept documents: split each by its hash, pack, count (token counts once per chunk)."""
-        train = []
         for text, ids in zip(texts, ids_list):
-            split = "val" if _unit_float(raw_hash(text)) < self.cfg.val_fraction else "train"
             arr = np.asarray(ids, dtype=self.dtype)
-            self.counts[split]["documents"] += 1
-            self.counts[split]["tokens"] += len(arr)
             self.lengths[len(arr).bit_length() - 1 if len(arr) else 0] += 1
-            if split == "train":
-                train.append(arr)
-            self.writers[split].write(self.packers[split].add(arr))
-        if train:
-            self.token_counts += np.bincount(np.concatenate(train), minlength=len(self.token_counts))
+            u = _unit_float(raw_hash(text))
+            if u < self.cfg.val_fraction:
+                self._pack("val", arr)
+                if not self._val_short():
+                    self._release()
+            elif self._val_short():
+                self._hold(u, arr)
+            else:
+                self._pack("train", arr)
+        self._count_tokens()
+
+    def _stream(self, split: str) -> int:
+        """Tokens a split's packer was given, one [SEP] per document included."""
+        return self.counts[split]["tokens"] + self.counts[split]["documents"]
+
+    def _val_short(self) -> int:
+        """Tokens val lacks for one full sequence (0 when no val split is wanted)."""
+        return max(0, self.cfg.seq_len - 1 - self._stream("val")) if self.cfg.val_fraction > 0 else 0
+
+    def _pack(self, split: str, arr: np.ndarray) -> None:
+        self.counts[split]["documents"] += 1
+        self.counts[split]["tokens"] += len(arr)
+        if split == "train":
+            self.fresh.append(arr)
+        self.writers[split].write(self.packers[split].add(arr))
+
+    def _hold(self, u: float, arr: np.ndarray) -> None:
+        """Keep a val candidate; the highest-hash candidates that the others make unneeded go to train."""
+        insort(self.held, (u, arr), key=lambda h: h[0])
+        while len(self.held) > 1 and sum(len(a) + 1 for _, a in self.held[:-1]) >= self._val_short():
+            self._pack("train", self.held.pop()[1])
+
+    def _release(self) -> None:
+        for _, arr in self.held:
+            self._pack("train", arr)
+        self.held = []
+
+    def _settle(self) -> None:
+        """At the unit's end, candidates go to val (lowest hash first) while it is short of a sequence and train
+        keeps one, or while val has no document and one is left for train."""
+        rest = sum(len(a) + 1 for _, a in self.held)
+        for _, arr in self.held:
+            rest -= len(arr) + 1
+            train = self._stream("train") + rest  # what train keeps if this one goes to val
+            first = not self.counts["val"]["documents"] and train > 0
+            self._pack("val" if self._val_short() and (train >= self.cfg.seq_len - 1 or first) else "train", arr)
+        self.held = []
+
+    def _count_tokens(self) -> None:
+        if self.fresh:
+            self.token_counts += np.bincount(np.concatenate(self.fresh), minlength=len(self.token_counts))
+            self.fresh = []
 
     def commit(self, dropped: Counter, skipped: Counter) -> dict[str, Any]:
+        self._settle()
+        self._count_tokens()
+        split_long = skipped.pop("split_long", 0)  # counted with the skips as the documents are read
         record: dict[str, Any] = {"unit": self.index, "dropped": dict(dropped), "skipped": dict(skipped),
+                                  "split_long": split_long,
                                   "lengths_log2": {str(k): v for k, v in sorted(self.lengths.items())}}
         for split in SPLITS:
             blocks, tail = self.packers[split].finish()
@@ -193,11 +277,76 @@ def _progress(enabled: bool):
 
 def _build_key(sources: list[str], cfg: DataConfig) -> dict[str, Any]:
     """What a dataset dir's content depends on; a re-run with the same key resumes."""
-    return {"sources": [fingerprint(s) for s in sources], "config": cfg.model_dump(mode="json")}
+    return {"sources": [fingerprint(s, cfg.documents) for s in sources], "config": cfg.model_dump(mode="json")}
 
 
 def _done_units(out: Path) -> set[int]:
     return {int(p.stem) for p in (out / "units").glob("*.json")}
+
+
+def _check_out(out: Path, sources: list[str], build: dict[str, Any], force: bool) -> bool:
+    """Refuse, before anything is written, an --out that is an input or inside one, a file, a folder that is not
+    empty and not a dataset dir, or a dataset made from other inputs or config (those two unless `force`).
+    True when out_dir holds this same build: it resumes."""
+    target = out.resolve()
+    for spec in sources:
+        path = Path(spec).resolve()
+        if (path.is_file() or path.is_dir()) and (target == path or path in target.parents):
+            where = "is" if target == path else "is inside"
+            raise CramlmError(f"--out {out} {where} the input {spec}: write the dataset outside its inputs")
+    if out.exists() and not out.is_dir():
+        raise CramlmError(f"--out {out} is a file; it must be a folder (created if missing)")
+    try:
+        old = json.loads((out / "build.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        old = None
+    if isinstance(old, dict) and old.get("key") == build["key"] and old.get("shard") == build["shard"]:
+        return True
+    if force or not out.exists() or not any(out.iterdir()):
+        return False
+    if not isinstance(old, dict) or "key" not in old:
+        raise CramlmError(f"{out} is not empty and holds no cramlm dataset: use --force to write into it, "
+                          "or another --out")
+    raise CramlmError(f"{out} holds a dataset made from {_difference(old, build)}: use --force to replace it, "
+                      "or another --out")
+
+
+def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What makes an existing dataset another build, in a few words: the shard, the config keys or the sources."""
+    if old.get("shard") != new["shard"]:
+        return f"--shard {'/'.join(map(str, old.get('shard') or []))} (this run: {new['shard'][0]}/{new['shard'][1]})"
+    was, now = old["key"].get("config", {}), new["key"]["config"]
+    changed = [f"data.{k}={was.get(k)} (now {v})" for k, v in now.items() if was.get(k) != v]
+    if changed:
+        return "another config: " + ", ".join(changed[:3])
+    specs = [s.get("spec") for s in old["key"].get("sources", [])]
+    if specs != [s["spec"] for s in new["key"]["sources"]]:
+        return f"other sources ({' '.join(map(str, specs))})"
+    return "an earlier version of the sources (file sizes or times differ)"
+
+
+@contextmanager
+def _no_debris(out: Path) -> Iterator[None]:
+    """The folders this call creates are removed if the call fails on its input (a CramlmError), so a failed
+    prepare leaves no empty or half-made --out; an interrupt keeps them, to resume."""
+    top = None if out.exists() else out
+    while top is not None and not top.parent.exists():
+        top = top.parent
+    try:
+        yield
+    except CramlmError:
+        if top is not None:
+            shutil.rmtree(top, ignore_errors=True)
+        raise
+
+
+def _fresh_out(out: Path) -> None:
+    """Create out_dir, clearing what a previous build left (called once the input is known to be usable)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (*SPLITS, "units"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("manifest.json", "build.json", "token_counts.npy"):
+        (out / name).unlink(missing_ok=True)
 
 
 def prepare(
@@ -207,10 +356,12 @@ def prepare(
     workers: int = 0,
     progress: bool = True,
     shard: tuple[int, int] = (0, 1),
+    force: bool = False,
 ) -> dict[str, Any]:
     """Build (or resume) a dataset dir from sources; returns the manifest (also written to out_dir/manifest.json).
 
-    With shard=(i, n), n > 1, only every n-th unit is tokenized and a partial dir is written for `merge`.
+    With shard=(i, n), n > 1, only every n-th unit is tokenized and a partial dir is written for `merge`. An
+    out_dir holding another dataset (or other files) is refused unless `force`.
     """
     check_sources(sources)
     index, n_shards = shard
@@ -219,41 +370,42 @@ def prepare(
     if n_shards > 1 and not cfg.tokenizer_file:
         raise CramlmError("--shard needs --tokenizer-file, so that every machine uses the same tokenizer")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    sizes = [source_bytes(s) for s in sources]
-    total_bytes = sum(sizes) if all(s is not None for s in sizes) else None
     key = _build_key(sources, cfg)
     tok_path = out / "tokenizer.json"
     build_path = out / "build.json"
-    old = json.loads(build_path.read_text()) if build_path.is_file() else None
-    resume = bool(old) and old["key"] == key and old.get("shard") == [index, n_shards] and tok_path.is_file()
+    resume = _check_out(out, sources, {"key": key, "shard": [index, n_shards]}, force) and tok_path.is_file()
+    start = time.perf_counter()
+    sizes = [source_bytes(s) for s in sources]
+    total_bytes = sum(sizes) if all(s is not None for s in sizes) else None
 
-    with _progress(progress) as bar:
+    with _no_debris(out), _progress(progress) as bar:
         corpus: list[str] | None = None
         skipped: Counter = Counter()
         if resume:
             tok = load_tokenizer(tok_path)
-            compression = CompressionFilter.from_dict(old["compression"])
+            compression = CompressionFilter.from_dict(json.loads(build_path.read_text())["compression"])
         else:
-            for name in (*SPLITS, "units"):
-                shutil.rmtree(out / name, ignore_errors=True)
-            for name in ("manifest.json", "build.json", "token_counts.npy"):
-                (out / name).unlink(missing_ok=True)
+            probe_filter = TextFilters(cfg, dedup=False)
             if cfg.tokenizer_file:
                 tok = load_tokenizer(cfg.tokenizer_file)
+                probe = _first_documents(sources, cfg, PROBE_DOCS, probe_filter, skipped)
+                if not probe:
+                    raise _nothing_usable(sources, cfg, probe_filter, skipped)
+                _fresh_out(out)
                 if Path(cfg.tokenizer_file).resolve() != tok_path.resolve():
                     shutil.copyfile(cfg.tokenizer_file, tok_path)
-                probe = _first_documents(sources, cfg, PROBE_DOCS)
             else:
                 task = bar.add_task("tokenizer", total=None, stats=f"sampling up to {cfg.tokenizer_sample_mb:g} MB")
-                probe, corpus, skipped = _sample(sources, cfg, total_bytes)
+                probe, corpus = _sample(sources, cfg, total_bytes, probe_filter, skipped)
                 if not probe:
-                    raise CramlmError(f"no usable documents in {' '.join(sources)} (all empty, skipped or filtered)")
+                    raise _nothing_usable(sources, cfg, probe_filter, skipped)
                 bar.update(task, stats=f"training {cfg.tokenizer} on {sum(map(len, probe)) / MB:.1f} MB")
                 tok = train_tokenizer(probe, cfg.tokenizer, cfg.vocab_size, cfg.lowercase)
+                _fresh_out(out)
                 save_tokenizer(tok, tok_path)
                 bar.update(task, total=1, completed=1, stats=f"{cfg.tokenizer}, {tok.get_vocab_size()} tokens")
+            if corpus is None:  # the stream reads the sources again and counts afresh
+                skipped = Counter()
             probe = probe[:PROBE_DOCS]
             ratios = [token_cost(tok, t, ids) / max(1, len(t)) for ids, t in zip(_encode(tok, probe), probe)]
             compression = CompressionFilter(cfg.max_tokens_per_char_z, ratios)
@@ -273,7 +425,7 @@ def prepare(
 
         done = _done_units(out)
         filters = TextFilters(cfg)
-        docs = iter(corpus) if corpus is not None else _all_documents(sources, cfg.text_field, skipped)
+        docs = iter(corpus) if corpus is not None else _all_documents(sources, cfg, skipped)
         todo = lambda u: u % n_shards == index and u not in done  # noqa: E731
         task = bar.add_task("tokenize + pack", total=total_bytes, stats="resuming" if done else "")
         pool = get_context("spawn").Pool(workers, _worker_init, (str(tok_path),)) if workers > 1 else None
@@ -307,9 +459,8 @@ def prepare(
             if pool:
                 pool.terminate()
 
-    manifest = assemble(out, n_units, partial=n_shards > 1)
-    manifest["seconds"] = round(time.perf_counter() - start, 2)
-    write_manifest(out, manifest)
+        manifest = assemble(out, n_units, partial=n_shards > 1)
+        write_manifest(out, manifest)
     return manifest
 
 
@@ -318,7 +469,7 @@ def _spread_sample(sources: list[str], cfg: DataConfig, n: int, total_bytes: int
     rate = 1.0 if not total_bytes else min(1.0, PRUNE_SAMPLE_MB * MB / total_bytes)
     probe = TextFilters(cfg, dedup=False)
     out: list[str] = []
-    for text in _all_documents(sources, cfg.text_field, Counter()):
+    for text in _all_documents(sources, cfg, Counter()):
         if probe.reason(text) is None and (rate == 1.0 or _unit_float(text_hash(text)) < rate):
             out.append(text)
             if len(out) >= n:
@@ -326,12 +477,13 @@ def _spread_sample(sources: list[str], cfg: DataConfig, n: int, total_bytes: int
     return out
 
 
-def _first_documents(sources: list[str], cfg: DataConfig, n: int) -> list[str]:
+def _first_documents(
+    sources: list[str], cfg: DataConfig, n: int, probe: TextFilters, skipped: Counter
+) -> list[str]:
     """The first n usable documents: the compression filter's norm when no tokenizer sample is drawn."""
-    probe = TextFilters(cfg, dedup=False)
     out: list[str] = []
-    for text in _all_documents(sources, cfg.text_field, Counter()):
-        if probe.reason(text) is None:
+    for text in _all_documents(sources, cfg, skipped):
+        if probe.keep(text):
             out.append(text)
             if len(out) >= n:
                 break
@@ -371,7 +523,6 @@ def assemble(out: Path, n_units: int, partial: bool = False) -> dict[str, Any]:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "cramlm_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seq_len": cfg["seq_len"],
         "vocab_size": vocab_size,
         "dtype": token_dtype(vocab_size).str,
@@ -383,6 +534,7 @@ def assemble(out: Path, n_units: int, partial: bool = False) -> dict[str, Any]:
         "sequences": sum(splits[s]["sequences"] for s in SPLITS),
         "dropped": dict(sorted(dropped.items())),
         "skipped": dict(sorted(skipped.items())),
+        "split_long": sum(r.get("split_long", 0) for r in records),
         "splits": splits,
         "units": n_units,
         "length_histogram_log2": dict(sorted(lengths.items(), key=lambda kv: int(kv[0]))),
@@ -393,11 +545,26 @@ def assemble(out: Path, n_units: int, partial: bool = False) -> dict[str, Any]:
     }
     if partial:
         manifest["partial"] = {"shard": build["shard"], "units_done": [r["unit"] for r in records]}
+    else:
+        manifest["warnings"] = _warnings(splits, cfg)
     return manifest
 
 
-def merge(dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
-    """Join the partial dirs of `prepare(..., shard=(i, n))` runs into one dataset dir."""
+def _warnings(splits: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """What to know before training on this dataset: a validation split that was asked for but is empty."""
+    val = splits["val"]
+    if not cfg["val_fraction"] or val["sequences"]:
+        return []
+    if splits["train"]["documents"] + val["documents"] == 1:
+        return ["no validation split: the corpus is a single document (cut it into several with --documents "
+                "lines or paragraphs or a smaller data.max_chars, or add text)"]
+    return [f"the validation split is empty: {val['documents']} held-out documents, {val['tokens']} tokens, not one "
+            f"sequence of {cfg['seq_len']} (use more text or a smaller --seq-len)"]
+
+
+def merge(dirs: list[str | Path], out_dir: str | Path, force: bool = False) -> dict[str, Any]:
+    """Join the partial dirs of `prepare(..., shard=(i, n))` runs into one dataset dir (another dataset in
+    out_dir is refused unless `force`)."""
     dirs = [Path(d) for d in dirs]
     if not dirs:
         raise CramlmError("--merge needs the dataset dirs written with --shard I/N")
@@ -419,6 +586,8 @@ def merge(dirs: list[str | Path], out_dir: str | Path) -> dict[str, Any]:
             f"the dirs do not cover all {n_units} units of a {n_shards}-way split; missing {missing[:10]}"
         )
     out = Path(out_dir)
+    if not _check_out(out, [str(d) for d in dirs], {"key": first["key"], "shard": [0, 1]}, force):
+        _fresh_out(out)
     for name in (*SPLITS, "units"):
         (out / name).mkdir(parents=True, exist_ok=True)
     for d in dirs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ def stats_tables(root: str | Path) -> list[Table]:
     for split, s in m["splits"].items():
         counts.add_row(split, f"{s['documents']:,}", f"{s['tokens']:,}", f"{s['sequences']:,}", str(len(s["shards"])))
     counts.add_row("total", f"{m['documents']:,}", f"{m['tokens']:,}", f"{m['sequences']:,}", "")
+    modes = Counter(f["documents"] for s in m.get("sources", []) for f in s.get("files", []) if "documents" in f)
+    if modes:  # how the input became documents: the first thing to check when the counts look wrong
+        counts.caption = "documents: " + ", ".join(f"{k} ({n:,} file{'s' * (n > 1)})" for k, n in sorted(modes.items()))
 
     dropped = Table(title="dropped (filters) and skipped (unreadable input)")
     dropped.add_column("reason")
@@ -25,6 +29,8 @@ def stats_tables(root: str | Path) -> list[Table]:
     for kind in ("dropped", "skipped"):
         for reason, n in sorted(m.get(kind, {}).items()):
             dropped.add_row(f"{kind}: {reason}", f"{n:,}")
+    if m.get("split_long"):
+        dropped.add_row("split: over data.max_chars (kept, in pieces)", f"{m['split_long']:,}")
 
     lengths = Table(title="document length (tokens)")
     lengths.add_column("tokens")

@@ -15,17 +15,23 @@ import torch
 from torch import nn
 
 from cramlm.errors import CramlmError
+from cramlm.eval.progress import LoopProgress, tracked
+
+
+def _val_shape(dataset: Any, n_batches: int, batch_size: int) -> tuple[int, int]:
+    """(batches, sequences per batch) that the validation split holds: fewer or smaller when it is small."""
+    n_val = len(dataset.sequences("val"))
+    if n_val == 0:
+        raise CramlmError(f"{dataset.root} has no validation sequences (prepare with data.val_fraction > 0)")
+    batch_size = min(batch_size, n_val)
+    return max(1, min(n_batches, n_val // batch_size)), batch_size
 
 
 def _val_batches(dataset: Any, objective: str, mask_rate: float, n_batches: int, batch_size: int, seed: int):
     """The first `n_batches` validation batches for `seed` (fewer when the split is small)."""
     from cramlm.data.loader import BatchLoader
 
-    n_val = len(dataset.sequences("val"))
-    if n_val == 0:
-        raise CramlmError(f"{dataset.root} has no validation sequences (prepare with data.val_fraction > 0)")
-    batch_size = min(batch_size, n_val)
-    n_batches = max(1, min(n_batches, n_val // batch_size))
+    n_batches, batch_size = _val_shape(dataset, n_batches, batch_size)
     loader = BatchLoader(dataset, split="val", objective=objective, mask_rate=mask_rate, seed=seed)
     for _ in range(n_batches):
         yield loader.next_batch(batch_size)
@@ -41,6 +47,7 @@ def heldout_loss(
     batch_size: int = 32,
     seed: int = 0,
     dtype: torch.dtype | None = None,
+    progress: LoopProgress | None = None,
 ) -> float:
     """Mean cross-entropy (nats per predicted token) on the first `n_batches` validation batches for `seed`;
     `dtype` (bf16, fp16) runs the forward under autocast."""
@@ -48,6 +55,7 @@ def heldout_loss(
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    advance = tracked(progress, _val_shape(dataset, n_batches, batch_size)[0], "batches")
     try:
         for batch in _val_batches(dataset, objective, mask_rate, n_batches, batch_size, seed):
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -56,6 +64,7 @@ def heldout_loss(
             n = _n_predicted(batch, objective)
             total += float(out.loss.float()) * n
             count += n
+            advance(1)
     finally:
         model.train(was_training)
     return total / count

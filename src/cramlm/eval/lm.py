@@ -20,22 +20,38 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.console import Console
 from tokenizers import Tokenizer
 from torch import nn
 
+from cramlm.data.store import Dataset
 from cramlm.data.tokenizer import SPECIAL_TOKENS
 from cramlm.errors import CramlmError
-from cramlm.eval.loading import load_pretrained
-from cramlm.eval.results import Result
+from cramlm.eval.loading import Pretrained, load_pretrained
+from cramlm.eval.progress import LoopProgress, tracked
+from cramlm.eval.results import Result, result_key
+from cramlm.train.preflight import check_same_tokenizer
 
 PAD, CLS, SEP, MASK = (SPECIAL_TOKENS.index(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]"))
 
 
-def read_text(path: str | Path) -> str:
+def read_utf8(path: str | Path, what: str = "text file") -> str:
+    """A file's text; a binary or non-UTF-8 file is refused rather than scored as replacement characters."""
     path = Path(path)
     if not path.is_file():
-        raise CramlmError(f"text file {path} does not exist")
-    text = path.read_text(encoding="utf-8", errors="replace")
+        raise CramlmError(f"{what} {path} does not exist")
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise CramlmError(f"{what} {path} is binary, not text (it holds NUL bytes)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CramlmError(f"{what} {path} is not UTF-8 text (byte {e.start}); convert it first, e.g. with "
+                          f"iconv -f latin1 -t utf-8") from None
+
+
+def read_text(path: str | Path) -> str:
+    text = read_utf8(path)
     if not text.split():
         raise CramlmError(f"text file {path} is empty")
     return text
@@ -71,11 +87,12 @@ def windows(n_tokens: int, window: int, stride: int) -> list[tuple[int, int, int
 
 
 @torch.no_grad()
-def sliding_nll(model: nn.Module, ids: list[int], window: int, stride: int,
-                batch_size: int = 8) -> tuple[float, int]:
+def sliding_nll(model: nn.Module, ids: list[int], window: int, stride: int, batch_size: int = 8,
+                progress: LoopProgress | None = None) -> tuple[float, int]:
     """Summed negative log-likelihood (nats) of `ids[1:]` under a causal model, and the number of tokens scored."""
     device = _device(model)
     spans = windows(len(ids), window, stride)
+    advance = tracked(progress, len(spans), "windows", "a larger --stride or --max-tokens is faster")
     stream = torch.tensor(ids, dtype=torch.long)
     total, count = 0.0, 0
     for i in range(0, len(spans), batch_size):
@@ -91,6 +108,7 @@ def sliding_nll(model: nn.Module, ids: list[int], window: int, stride: int,
         loss = F.cross_entropy(logits.flatten(0, 1), targets.to(device).flatten(), ignore_index=-100, reduction="sum")
         total += loss.item()
         count += int((targets != -100).sum())
+        advance(len(group))
     return total, count
 
 
@@ -98,7 +116,8 @@ def sliding_nll(model: nn.Module, ids: list[int], window: int, stride: int,
 
 
 @torch.no_grad()
-def pseudo_nll(model: nn.Module, ids: list[int], window: int, batch_size: int = 64) -> tuple[float, int]:
+def pseudo_nll(model: nn.Module, ids: list[int], window: int, batch_size: int = 64,
+               progress: LoopProgress | None = None) -> tuple[float, int]:
     """Pseudo-log-likelihood (Salazar et al. 2020): each token masked in turn and predicted from both sides,
     within consecutive chunks `[CLS] chunk [SEP]` of `window` tokens. Returns (summed NLL, tokens scored)."""
     device = _device(model)
@@ -112,6 +131,8 @@ def pseudo_nll(model: nn.Module, ids: list[int], window: int, batch_size: int = 
             rows.append(masked)
             positions.append(t)
             answers.append(piece[t])
+    advance = tracked(progress, len(rows), "tokens (one forward pass each)",
+                      "--max-tokens N scores only the first N tokens")
     total = 0.0
     for i in range(0, len(rows), batch_size):
         part = rows[i:i + batch_size]
@@ -124,6 +145,7 @@ def pseudo_nll(model: nn.Module, ids: list[int], window: int, batch_size: int = 
         logits = _at_positions(out.logits, where.to(device))
         total += F.cross_entropy(logits.float(), torch.tensor(answers[i:i + batch_size], device=device),
                                  reduction="sum").item()
+        advance(len(part))
     return total, len(rows)
 
 
@@ -135,30 +157,36 @@ def _at_positions(logits: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
 
 
 def perplexity(model: nn.Module, tokenizer: Tokenizer, text: str, *, window: int, stride: int | None = None,
-               max_tokens: int | None = None, batch_tokens: int = 8192, unigram: np.ndarray | None = None) -> dict:
-    """Perplexity of `text`: sliding-window for a causal model, pseudo-perplexity for an encoder.
+               max_tokens: int | None = None, batch_tokens: int = 8192, unigram: np.ndarray | None = None,
+               progress: LoopProgress | None = None) -> dict:
+    """Perplexity of `text`: sliding-window for a causal model, pseudo-perplexity for an encoder (its numbers are
+    named `pseudo_*`: they are not comparable with a causal model's). `stride` is for causal models only.
     `max_tokens` scores only the first tokens (per-word perplexity is then left out: the word count is unknown);
     `batch_tokens` bounds the tokens per forward pass (memory). `unigram` (log P per token id) also scores the
     same tokens under that unigram model: the baseline that says what the model learned beyond token counts."""
+    causal = model.cfg.arch == "decoder"
+    if stride is not None and not causal:
+        raise CramlmError("--stride is for causal models: an encoder's pseudo-perplexity masks and scores each "
+                          "token in its own pass, in consecutive windows (bound its cost with --max-tokens)")
     ids = tokenizer.encode(text, add_special_tokens=False).ids
     truncated = max_tokens is not None and len(ids) > max_tokens
     ids = ids[:max_tokens] if truncated else ids
     if not ids:
         raise CramlmError("the text holds no tokens")
-    causal = model.cfg.arch == "decoder"
     if causal:
         stride = stride or window // 2
-        nll, count = sliding_nll(model, [SEP, *ids], window, stride, max(1, batch_tokens // window))
+        nll, count = sliding_nll(model, [SEP, *ids], window, stride, max(1, batch_tokens // window), progress)
     else:
-        nll, count = pseudo_nll(model, ids, window, max(1, batch_tokens // window))
+        nll, count = pseudo_nll(model, ids, window, max(1, batch_tokens // window), progress)
     words = None if truncated else count_words(text)
+    prefix = "" if causal else "pseudo_"
     out = {
         "kind": "perplexity" if causal else "pseudo-perplexity",
         "nll": nll, "tokens": count, "words": words,
-        "token_ppl": _perplexity(nll, count),
-        "word_ppl": _perplexity(nll, words) if words else None,
-        "bits_per_token": nll / count / math.log(2),
-        "window": window, "stride": stride if causal else None,
+        f"{prefix}token_ppl": _perplexity(nll, count),
+        f"{prefix}word_ppl": _perplexity(nll, words) if words else None,
+        f"{prefix}bits_per_token": nll / count / math.log(2),
+        "window": window, "stride": stride,
     }
     if unigram is not None:
         base = -float(unigram[np.asarray(ids)].sum())  # every token of the text is scored once, as above
@@ -173,10 +201,8 @@ def perplexity(model: nn.Module, tokenizer: Tokenizer, text: str, *, window: int
 def read_lambada(path: str | Path) -> list[str]:
     """Passages from `lambada_test.jsonl` ({"text": ...} per line) or a text file with one passage per line."""
     path = Path(path)
-    if not path.is_file():
-        raise CramlmError(f"LAMBADA file {path} does not exist")
     passages = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(read_utf8(path, "LAMBADA file").splitlines(), start=1):
         if not line.strip():
             continue
         if path.suffix in (".jsonl", ".json"):
@@ -204,7 +230,7 @@ def split_last_word(tokenizer: Tokenizer, passage: str) -> tuple[list[int], list
 
 @torch.no_grad()
 def lambada(model: nn.Module, tokenizer: Tokenizer, passages: list[str], *, window: int,
-            batch_size: int = 16, unigram: np.ndarray | None = None) -> dict:
+            batch_size: int = 16, unigram: np.ndarray | None = None, progress: LoopProgress | None = None) -> dict:
     """Last-word accuracy (greedy, whole word) and last-word perplexity. A causal model reads `[SEP] context`
     and is teacher-forced through the word; an encoder sees `[CLS] context [MASK]*k [SEP]`, k = the word's length.
     `unigram` (log P per token id) adds the last-word perplexity of that context-free baseline."""
@@ -223,6 +249,7 @@ def lambada(model: nn.Module, tokenizer: Tokenizer, passages: list[str], *, wind
         targets.append((first, word))
     correct, logprobs = np.zeros(len(rows), dtype=bool), np.zeros(len(rows))
     order = np.argsort([len(r) for r in rows], kind="stable")
+    advance = tracked(progress, len(rows), "passages", "--limit N scores only the first N")
     for i in range(0, len(order), batch_size):
         index = order[i:i + batch_size]
         width = max(len(rows[j]) for j in index)
@@ -238,6 +265,7 @@ def lambada(model: nn.Module, tokenizer: Tokenizer, passages: list[str], *, wind
             word_t = torch.tensor(word)
             correct[j] = bool((rows_logp.argmax(-1) == word_t).all())
             logprobs[j] = float(rows_logp.gather(1, word_t[:, None]).sum())
+        advance(len(index))
     out = {
         "kind": "causal" if causal else "masked",
         "examples": len(rows),
@@ -253,54 +281,67 @@ def lambada(model: nn.Module, tokenizer: Tokenizer, passages: list[str], *, wind
 # ---------------------------------------------------------------- run-dir entry points (results/*.json)
 
 
+def _progress(description: str, enabled: bool) -> LoopProgress:
+    """Progress on stderr, so that `--json` keeps stdout to the result."""
+    return LoopProgress(Console(stderr=True), description, enabled)
+
+
 def evaluate_ppl(model_dir: str | Path, text_file: str | Path, *, stride: int | None = None,
                  window: int | None = None, max_tokens: int | None = None,
-                 unigram_data: str | Path | None = None) -> Result:
+                 unigram_data: str | Path | None = None, progress: bool = True) -> Result:
     """Perplexity of a run dir's model on a text file, with the unigram baseline of the training tokens of
-    `unigram_data` (a dataset dir with the same tokenizer) when given; writes `results/ppl.json`."""
+    `unigram_data` (a dataset dir with the same tokenizer) when given; writes `results/ppl-<text>.json`."""
     start = time.time()
     pre = load_pretrained(model_dir, "ppl")
     window = min(window or pre.cfg.model.max_seq_len, pre.cfg.model.max_seq_len)
-    unigram = None if unigram_data is None else _unigram_log_probs(unigram_data, pre.tokenizer)
-    out = perplexity(pre.model, pre.tokenizer, read_text(text_file), window=window, stride=stride,
-                     max_tokens=max_tokens, unigram=unigram)
-    headline = ("token_ppl", "word_ppl", "bits_per_token", "unigram_token_ppl", "unigram_word_ppl")
+    text = read_text(text_file)
+    unigram = None if unigram_data is None else _unigram_log_probs(unigram_data, pre)
+    kind = "perplexity" if pre.cfg.model.arch == "decoder" else "pseudo-perplexity"
+    with _progress(kind, progress) as bar:
+        out = perplexity(pre.model, pre.tokenizer, text, window=window, stride=stride, max_tokens=max_tokens,
+                         unigram=unigram, progress=bar)
+    headline = ("token_ppl", "word_ppl", "bits_per_token", "pseudo_token_ppl", "pseudo_word_ppl",
+                "pseudo_bits_per_token", "unigram_token_ppl", "unigram_word_ppl")
     metrics = {k: out[k] for k in headline if out.get(k) is not None}
     settings = {"text": str(text_file), "window": window, "stride": out["stride"], "max_tokens": max_tokens,
                 "kind": out["kind"], "unigram_data": str(unigram_data) if unigram_data else None}
     details = {k: out[k] for k in ("nll", "tokens", "words", "unigram_nll") if k in out}
-    result = Result("ppl", str(model_dir), metrics, details, settings, time.time() - start)
+    result = Result("ppl", str(model_dir), metrics, details, settings, time.time() - start,
+                    key=result_key("ppl", text_file))
     result.write(model_dir)
     return result
 
 
-def _unigram_log_probs(data_dir: str | Path, tokenizer: Tokenizer) -> np.ndarray:
+def _unigram_log_probs(data_dir: str | Path, pre: Pretrained) -> np.ndarray:
     """The add-one unigram model of a dataset dir's training tokens, refused unless its tokenizer is the model's."""
-    from cramlm.data.store import Dataset
-    from cramlm.data.tokenizer import load_tokenizer
     from cramlm.eval.heldout import unigram_counts, unigram_log_probs
 
+    return unigram_log_probs(unigram_counts(_dataset_for(data_dir, pre)))
+
+
+def _dataset_for(data_dir: str | Path, pre: Pretrained) -> Dataset:
+    """A dataset dir, refused unless it was made with the model's tokenizer (else its ids mean other tokens)."""
     dataset = Dataset(data_dir)
-    if load_tokenizer(dataset.tokenizer_path).get_vocab() != tokenizer.get_vocab():
-        raise CramlmError(f"{data_dir} was tokenized with another vocabulary than the model's: its unigram "
-                          f"baseline would score other tokens")
-    return unigram_log_probs(unigram_counts(dataset))
+    check_same_tokenizer(dataset, pre.path / "tokenizer.json", pre.path)
+    return dataset
 
 
 def evaluate_lambada(model_dir: str | Path, data_file: str | Path, *, limit: int | None = None,
-                     unigram_data: str | Path | None = None) -> Result:
+                     unigram_data: str | Path | None = None, progress: bool = True) -> Result:
     """LAMBADA last-word accuracy and perplexity of a run dir's model, with the unigram baseline of `unigram_data`
-    (a dataset dir with the same tokenizer) when given; writes `results/lambada.json`."""
+    (a dataset dir with the same tokenizer) when given; writes `results/lambada-<data>.json`."""
     start = time.time()
     pre = load_pretrained(model_dir, "lambada")
     passages = read_lambada(data_file)[:limit]
-    unigram = None if unigram_data is None else _unigram_log_probs(unigram_data, pre.tokenizer)
-    out = lambada(pre.model, pre.tokenizer, passages, window=pre.cfg.model.max_seq_len, unigram=unigram)
+    unigram = None if unigram_data is None else _unigram_log_probs(unigram_data, pre)
+    with _progress("lambada", progress) as bar:
+        out = lambada(pre.model, pre.tokenizer, passages, window=pre.cfg.model.max_seq_len, unigram=unigram,
+                      progress=bar)
     metrics = {k: out[k] for k in ("accuracy", "ppl", "unigram_ppl") if k in out}
     settings = {"data": str(data_file), "limit": limit, "kind": out["kind"],
                 "unigram_data": str(unigram_data) if unigram_data else None}
     result = Result("lambada", str(model_dir), metrics, {k: out[k] for k in ("examples", "mean_word_tokens")},
-                    settings, time.time() - start)
+                    settings, time.time() - start, key=result_key("lambada", data_file))
     result.write(model_dir)
     return result
 
@@ -325,11 +366,11 @@ class TextSequences:
 
 
 def evaluate_mlm(model_dir: str | Path, *, text_file: str | Path | None = None, data_dir: str | Path | None = None,
-                 mask_rate: float | None = None, batch_size: int = 32, seed: int = 0) -> Result:
+                 mask_rate: float | None = None, batch_size: int = 32, seed: int = 0, progress: bool = True) -> Result:
     """Held-out loss of a run dir's model on a text file (packed into rows of `data.seq_len` tokens) or on a
-    dataset dir's `val` split (with the unigram baseline on the same positions); writes `results/mlm.json`.
-    Masked positions depend only on `seed`, so runs compare on the very same tokens. Causal models get their
-    next-token loss."""
+    dataset dir's `val` split (made with the model's tokenizer; with the unigram baseline on the same positions);
+    writes `results/mlm-<text or dataset>.json`. Masked positions depend only on `seed`, so runs compare on the
+    very same tokens. Causal models get their next-token loss."""
     from cramlm.eval.heldout import heldout_loss, unigram_loss
 
     if (text_file is None) == (data_dir is None):
@@ -339,21 +380,21 @@ def evaluate_mlm(model_dir: str | Path, *, text_file: str | Path | None = None, 
     objective = "mlm" if pre.cfg.model.arch == "encoder" else "causal"
     mask_rate = mask_rate or pre.cfg.train.mask_rate
     if data_dir is not None:
-        from cramlm.data.store import Dataset
-
-        dataset = Dataset(data_dir)
+        dataset = _dataset_for(data_dir, pre)
     else:
         seq_len = min(pre.cfg.data.seq_len, pre.cfg.model.max_seq_len)
         dataset = TextSequences(pre.path / "tokenizer.json", read_text(text_file), seq_len, pre.cfg.model.vocab_size)
     n_val = len(dataset.sequences("val"))
     n_batches = max(1, math.ceil(n_val / batch_size))
     args = dict(objective=objective, mask_rate=mask_rate, n_batches=n_batches, batch_size=batch_size, seed=seed)
-    loss = heldout_loss(pre.model, dataset, **args)
+    with _progress("held-out loss", progress) as bar:
+        loss = heldout_loss(pre.model, dataset, **args, progress=bar)
     metrics = {"loss": loss, "ppl": math.exp(loss)}
     if data_dir is not None:
         metrics["unigram_loss"] = unigram_loss(dataset, **args)
     settings = {"text": str(text_file) if text_file else None, "data": str(data_dir) if data_dir else None,
                 **args, "seq_len": dataset.seq_len}
-    result = Result("mlm", str(model_dir), metrics, {"sequences": n_val}, settings, time.time() - start)
+    result = Result("mlm", str(model_dir), metrics, {"sequences": n_val}, settings, time.time() - start,
+                    key=result_key("mlm", data_dir if data_dir is not None else text_file))
     result.write(model_dir)
     return result

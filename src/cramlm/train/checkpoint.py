@@ -31,6 +31,7 @@ import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -138,6 +139,24 @@ def _sharded(path: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _loading(path: Path) -> Iterator[None]:
+    """State that does not fit the model or optimizer (another size, vocabulary, optimizer) is a one-line error
+    instead of DCP's traceback of every rank (a `CheckpointException` is not even an `Exception`)."""
+    try:
+        yield
+    except CheckpointException as e:
+        cause = next(iter(e.failures.values()), (e, None))[0]
+        raise CramlmError(f"cannot load {path}: {_first_line(cause)}") from None
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise CramlmError(f"cannot load {path}: {_first_line(e)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def write_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
     """Sharded save of the model (and optimizer) into the directory `path`. Collective: every rank calls it and
     writes only its own shards; DCP's coordinator (rank 0) writes `.metadata` once all shards are on disk."""
@@ -153,27 +172,28 @@ def read_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | 
     path = _sharded(path)
     state = _state(model, optimizer)
     strided = _gather_strided(state)
-    with _quiet_single_process():
+    with _quiet_single_process(), _loading(path):
         dcp.load(state, checkpoint_id=path, no_dist=not _collective())
     for (part, key), like in strided.items():
         state[part][key] = distribute_tensor(state[part][key], like.device_mesh, like.placements)
     module = _unwrap(model)
-    set_model_state_dict(module, state["model"])
-    if optimizer is not None:
-        local = _local(optimizer)
-        kernels = [{k: g[k] for k in _KERNEL if k in g} for g in local.param_groups]
-        set_optimizer_state_dict(module, local, state["optim"], options=_OPTIM_OPTIONS)
-        for group, kernel in zip(local.param_groups, kernels):
-            group.update(kernel)
+    with _loading(path):
+        set_model_state_dict(module, state["model"])
+        if optimizer is not None:
+            local = _local(optimizer)
+            kernels = [{k: g[k] for k in _KERNEL if k in g} for g in local.param_groups]
+            set_optimizer_state_dict(module, local, state["optim"], options=_OPTIM_OPTIONS)
+            for group, kernel in zip(local.param_groups, kernels):
+                group.update(kernel)
 
 
 def _read_weights(path: Path, module: nn.Module) -> None:
     """This process alone reads the model part of a checkpoint into an unsharded `module` (rank 0 consolidating
     while the other ranks move on, or eval in one process)."""
     state = {"model": module.state_dict()}
-    with _quiet_single_process():
+    with _quiet_single_process(), _loading(path):
         dcp.load(state, checkpoint_id=_sharded(path), no_dist=True)
-    module.load_state_dict(state["model"])
+        module.load_state_dict(state["model"])
 
 
 # ---------------------------------------------------------------- checkpoint directories
@@ -345,5 +365,5 @@ def load_model(run_dir_or_checkpoint: str | Path, device: str | torch.device = "
         else:
             model.load_state_dict(load_weights(weights))
     except (SafetensorError, RuntimeError, ValueError) as e:
-        raise CramlmError(f"cannot load {weights}: {str(e).splitlines()[0]}") from None
+        raise CramlmError(f"cannot load {weights}: {_first_line(e)}") from None
     return model.to(device).eval(), cfg

@@ -37,6 +37,7 @@ from cramlm.eval.heldout import heldout_loss
 from cramlm.models.registry import build_model
 from cramlm.train import autopilot
 from cramlm.train import checkpoint as ckpt
+from cramlm.train import preflight
 from cramlm.train.budget import Budget
 from cramlm.train.logging import MetricsLog, ProgressLine
 from cramlm.train.optim import build_optimizer, clip_gradients, set_lr, skip_if_nonfinite
@@ -547,21 +548,21 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train until the budget is spent (or a signal arrives); returns the content of `results/train.json`."""
+    def fit(self, resumed_from: Path | None = None) -> dict[str, Any]:
+        """Train until the budget is spent (or a signal arrives); returns the content of `results/train.json`.
+        `resumed_from`: the checkpoint `restore()` read, for a resumed run."""
         t = self.cfg.train
-        if resume:
-            path = self.restore()
-            self.view.message(f"resuming {self.run_dir} from {path.name} "
+        if resumed_from is not None:
+            self.view.message(f"resuming {self.run_dir} from {resumed_from.name} "
                               f"({100 * self.budget.progress():.1f}% of the budget spent)")
         else:
             self.budget.charge(self.decision.probe_seconds)  # measuring the device was part of the run
         self.view.message(self.decision.line())
         if self.strategy.is_main:
             self.log = MetricsLog(self.run_dir, t.tensorboard, t.wandb, self.cfg.model_dump(mode="json"))
-            self._log({"event": "resume" if resume else "start", "step": self.step, "device": str(self.device),
-                       "precision": self.precision, "hardware": self.hw.name, "flops_per_token": self.fpt,
-                       "autopilot": self.decision.to_dict()})
+            self._log({"event": "start" if resumed_from is None else "resume", "step": self.step,
+                       "device": str(self.device), "precision": self.precision, "hardware": self.hw.name,
+                       "flops_per_token": self.fpt, "autopilot": self.decision.to_dict()})
         self.module.train()
         self._update_reserve()
         self.budget.start()
@@ -605,7 +606,7 @@ class Trainer:
     def _finish(self) -> dict[str, Any]:
         if self.window["steps"]:
             self.write_log()
-        val_loss = self.validate()
+        val_loss = self._final_validation()
         path = self.save()
         results = self.results(val_loss)
         if self.strategy.is_main:
@@ -617,13 +618,23 @@ class Trainer:
                                                                  "seconds": results["seconds"]})
         return results
 
+    def _final_validation(self) -> float | None:
+        """The held-out loss at the end, or None when it fails: whatever goes wrong there, the weights are saved."""
+        try:
+            return self.validate()
+        except Exception as e:  # whatever the cause: the weights matter more than the last number
+            reason = f"{type(e).__name__}: {e}".splitlines()[0]
+            self._log({"event": "val_failed", "step": self.step, "error": reason})
+            self.view.message(f"final evaluation failed ({reason}); saving the weights without a val loss")
+            return None
+
     def mfu(self, tokens: int, steps: int, seconds: float) -> float | None:
         """Model FLOPs (and the optimizer's matmuls) per second over the device's peak."""
         if not self.peak or seconds <= 0:
             return None
         return (self.fpt * tokens + self.fps * steps) / seconds / self.peak
 
-    def results(self, val_loss: float) -> dict[str, Any]:
+    def results(self, val_loss: float | None) -> dict[str, Any]:
         spent = self.budget.spent
         tokens_per_s = spent["tokens"] / self.train_seconds if self.train_seconds else 0.0
         return {
@@ -677,22 +688,25 @@ def train(cfg: RunConfig, data_dir: Path, out_dir: Path, resume: bool = False, p
     `choose_model`: the autopilot picks the model size for the budget (`--model auto`); its `arch` is kept.
 
     A fresh run refuses a dir that already holds a run; `resume=True` continues its newest valid checkpoint.
+    Everything is checked (`preflight`) and a resumed run's checkpoint read before the first file is written.
     Returns the content of `results/train.json` (or a short `status: interrupted` record after a signal).
     """
     out_dir = Path(out_dir)
-    if not resume and ((out_dir / "checkpoints").exists() or (out_dir / "final").exists()):
-        raise CramlmError(f"{out_dir} already holds a run: continue it with --resume {out_dir} or pick another --out")
-    if resume and not (out_dir / "config.yaml").is_file():
-        raise CramlmError(f"{out_dir} is not a run dir (no config.yaml) to resume")
+    preflight.check_run_dir(out_dir, data_dir, resume)
+    dataset = Dataset(data_dir)
+    preflight.check_val_split(dataset)
+    if resume:
+        preflight.check_resume(out_dir, dataset, with_dataset_shape(cfg, dataset))
     trainer = Trainer(cfg, data_dir, out_dir, strategy, progress, choose_model=choose_model and not resume,
                       resume=resume)
+    resumed_from = trainer.restore() if resume else None
     if trainer.strategy.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         trainer.saved_config().save(out_dir / "config.yaml")  # on resume: with what changed (a larger budget)
         shutil.copyfile(trainer.dataset.tokenizer_path, out_dir / "tokenizer.json")
     with warnings.catch_warnings():
         warnings.simplefilter("default")
-        return trainer.fit(resume=resume)
+        return trainer.fit(resumed_from)
 
 
 def data_dir_of(run_dir: Path) -> Path:
