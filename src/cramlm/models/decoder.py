@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from cramlm.config import ModelConfig
 from cramlm.models import mup
+from cramlm.models.kv_cache import KVCache
 from cramlm.models.layers import ModelOutput, Trunk, cross_entropy, init_weights
 
 
@@ -28,12 +29,13 @@ class Decoder(Trunk):
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
         mask_positions: Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> ModelOutput:
-        """Logits (B, L, V); `mask_positions` is accepted for a uniform call signature and ignored."""
-        h, aux, metrics = self.hidden_states(input_ids, attention_mask, causal=True)
-        logits = self.head(h)
-        if self.logit_mult != 1.0:
-            logits = logits * self.logit_mult
+        """Logits (B, L, V); `mask_positions` is accepted for a uniform call signature and ignored. With a
+        `cache` (see `cramlm.generation`), only the tokens after the cached ones are fed, left-padded rows marked
+        by `attention_mask`."""
+        h, aux, metrics = self.hidden_states(input_ids, attention_mask, causal=True, cache=cache)
+        logits = self.readout(h)
         loss = None
         if labels is not None:
             loss = cross_entropy(logits[:, :-1], labels[:, 1:])
@@ -41,6 +43,11 @@ class Decoder(Trunk):
                 metrics["lm_loss"] = loss.detach()
                 loss = loss + aux
         return ModelOutput(loss, logits, aux, metrics)
+
+    def readout(self, h: Tensor) -> Tensor:
+        """Hidden states -> logits (muP's logit multiplier included); generation reads out the last position only."""
+        logits = self.head(h)
+        return logits * self.logit_mult if self.logit_mult != 1.0 else logits
 
     @torch.no_grad()
     def generate(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,12 @@ from torch import Tensor, nn
 from cramlm.config import ModelConfig
 from cramlm.errors import CramlmError
 from cramlm.models import mup
+
+if TYPE_CHECKING:
+    from cramlm.models.kv_cache import KVCache
+
+# An attention layer's view of a KV cache: takes its new keys and values, returns all of them so far.
+AppendKV = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass
@@ -48,6 +55,10 @@ class Rotary(nn.Module):
     def forward(self, seq_len: int) -> tuple[Tensor, Tensor]:
         """cos (L, 1, 1, Dh) and sin (L, 1, 1, Dh/2), to broadcast over the projection's (B, L, 2, H, Dh) layout."""
         return self.cos[:seq_len, None, None], self.sin[:seq_len, None, None]
+
+    def at(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos and sin at per-row position ids (B, L): (B, L, 1, 1, Dh) and (B, L, 1, 1, Dh/2)."""
+        return self.cos[positions][:, :, None, None], self.sin[positions][:, :, None, None]
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -97,9 +108,12 @@ class Embeddings(nn.Module):
             return self.pos.weight[:seq_len]
         return self.pos(seq_len) if self.pos is not None else None
 
-    def forward(self, input_ids: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, positions: Tensor | None = None) -> Tensor:
+        """`positions` (B, L): per-row position ids (left-padded generation); default 0..L-1."""
         x = self.tok(input_ids)
-        pos = self.position_table(input_ids.shape[1])
+        pos = self.position_table(input_ids.shape[1] if positions is None else int(positions.max()) + 1)
+        if pos is not None and positions is not None:
+            pos = pos[positions]
         if pos is not None:
             x = x + pos
         return self.drop(self.norm(x))
@@ -117,7 +131,8 @@ class Attention(nn.Module):
         self.dropout = cfg.dropout
         self.scale = mup.attention_scale(cfg)
 
-    def forward(self, x: Tensor, mask: Tensor | None, causal: bool, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, causal: bool, rope: tuple[Tensor, Tensor] | None,
+                kv: AppendKV | None = None) -> Tensor:
         B, L, _ = x.shape
         # widths come from the projection, not from x: under tensor parallelism a rank holds n_heads / tp heads
         qkv = self.qkv(x).view(B, L, 3, self.n_heads, -1)
@@ -125,6 +140,8 @@ class Attention(nn.Module):
         if rope is not None:  # q and k in one call, before the transpose: 3x faster on CPU than per head
             qk = apply_rotary(qk, *rope)
         q, k = qk.permute(2, 0, 3, 1, 4)
+        if kv is not None:
+            k, v = kv(k, v)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
             is_causal=causal and mask is None, scale=self.scale,
@@ -185,14 +202,15 @@ class Block(nn.Module):
         return self.ffn(x)
 
     def forward(
-        self, x: Tensor, mask: Tensor | None = None, causal: bool = False, rope: tuple[Tensor, Tensor] | None = None
+        self, x: Tensor, mask: Tensor | None = None, causal: bool = False, rope: tuple[Tensor, Tensor] | None = None,
+        kv: AppendKV | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """Returns (hidden, MoE aux loss or None, MoE expert load or None)."""
         if self.pre:
-            x = x + self.drop(self.attn(self.attn_norm(x), mask, causal, rope))
+            x = x + self.drop(self.attn(self.attn_norm(x), mask, causal, rope, kv))
             h, aux, load = self._ffn(self.ffn_norm(x))
             return x + self.drop(h), aux, load
-        x = self.attn_norm(x + self.drop(self.attn(x, mask, causal, rope)))
+        x = self.attn_norm(x + self.drop(self.attn(x, mask, causal, rope, kv)))
         h, aux, load = self._ffn(x)
         return self.ffn_norm(x + self.drop(h)), aux, load
 
@@ -210,19 +228,26 @@ class Trunk(nn.Module):
         self.final_norm = make_norm(cfg) if cfg.final_norm else nn.Identity()
 
     def hidden_states(
-        self, input_ids: Tensor, attention_mask: Tensor | None = None, causal: bool = False
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, causal: bool = False,
+        cache: KVCache | None = None,
     ) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
-        """Returns (hidden states, summed MoE aux loss or None, metrics)."""
+        """Returns (hidden states, summed MoE aux loss or None, metrics). With a `cache` (causal generation),
+        `input_ids` are the tokens that follow the cached ones and `attention_mask` marks their left padding."""
         L = input_ids.shape[1]
         if L > self.cfg.max_seq_len:
             raise CramlmError(f"sequence length {L} exceeds model.max_seq_len={self.cfg.max_seq_len}")
-        mask = attention_bias_mask(attention_mask, causal, L)
-        rope = self.rotary(L) if self.rotary is not None else None
-        x = self.embed(input_ids)
+        if cache is None:
+            mask = attention_bias_mask(attention_mask, causal, L)
+            rope = self.rotary(L) if self.rotary is not None else None
+            x = self.embed(input_ids)
+        else:
+            positions, mask, causal = cache.step(attention_mask, L)
+            rope = self.rotary.at(positions) if self.rotary is not None else None
+            x = self.embed(input_ids, positions)
         aux_total: Tensor | None = None
         loads = []
-        for block in self.blocks:
-            x, aux, load = block(x, mask, causal, rope)
+        for i, block in enumerate(self.blocks):
+            x, aux, load = block(x, mask, causal, rope, None if cache is None else cache.layer(i))
             if aux is not None:
                 aux_total = aux if aux_total is None else aux_total + aux
                 loads.append(load)
