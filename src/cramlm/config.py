@@ -116,6 +116,44 @@ class DeepSpeedConfig(Section):
     offload: bool = False
 
 
+SPARSE_LAYERS = ("attn.qkv", "attn.out", "ffn.inp", "ffn.out")
+
+
+class SparsityConfig(Section):
+    """SWAT (Raihan & Aamodt 2020): top-K weights in the forward, top-K activations saved for the backward."""
+
+    method: Literal["none", "swat"] = "none"
+    weights: float = Field(0.8, ge=0.0, lt=1.0, description="fraction of each weight matrix zeroed in the forward")
+    activations: float = Field(0.8, ge=0.0, lt=1.0, description="fraction of each input activation zeroed in what "
+                               "the backward keeps (the weight gradient's input)")
+    granularity: Literal["tensor", "row"] = Field("tensor", description="top-K over the whole matrix or per row")
+    layers: list[str] = Field(list(SPARSE_LAYERS), description="block matrices to sparsify")
+    warmup: float = Field(0.05, ge=0.0, lt=1.0, description="fraction of the budget trained dense first")
+    semi_structured_2_4: bool = Field(False, description="CUDA: 2 of every 4 weights, as a semi-structured tensor")
+    export: Literal["masked", "dense"] = Field("masked", description="final/ weights: with the final mask applied, "
+                                               "or the dense weights")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name.split(".")[0] in ("embed", "embeddings", "head", "decoder", "transform", "lm_head"):
+                raise ValueError(f"{name!r}: embeddings and heads are never sparsified (choose from "
+                                 f"{', '.join(SPARSE_LAYERS)})")
+            if name not in SPARSE_LAYERS:
+                raise ValueError(f"unknown layer {name!r} (choose from {', '.join(SPARSE_LAYERS)})")
+        if not v:
+            raise ValueError("name at least one layer")
+        return v
+
+    @field_validator("semi_structured_2_4")
+    @classmethod
+    def _two_four(cls, v: bool, info: Any) -> bool:
+        if v and info.data.get("weights") != 0.5:
+            raise ValueError("2:4 keeps 2 of every 4 weights: set train.sparsity.weights=0.5")
+        return v
+
+
 class TrainConfig(Section):
     batch_size: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
         "auto", description="global sequences per optimizer step (the ramp's target); auto = from the budget")
@@ -150,6 +188,7 @@ class TrainConfig(Section):
     tp_size: int = Field(1, ge=1)
     fsdp: FSDPConfig = FSDPConfig()
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
+    sparsity: SparsityConfig = SparsityConfig()
     checkpoint_every: str = "30m"
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(10, ge=1, description="optimizer steps between log records")

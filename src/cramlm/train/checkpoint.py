@@ -322,6 +322,9 @@ def consolidate(checkpoint: Path, run_dir: Path, cfg: Any, module: nn.Module) ->
     the meta device (only its structure is used); `cfg` is the run's RunConfig."""
     module.to_empty(device="cpu")  # storage only: every persistent tensor is read from the checkpoint
     _read_weights(checkpoint, module)
+    from cramlm.train.sparsity import apply_final_masks
+
+    apply_final_masks(module, cfg)  # a sparse run's final/ holds the masked weights it asked for
     return save_final(run_dir, module.state_dict(), cfg)
 
 

@@ -41,6 +41,7 @@ from torch.distributed.tensor.placement_types import _StridedShard
 from cramlm.errors import CramlmError
 from cramlm.models import mup
 from cramlm.train.optim import build_optimizer, model_config, param_groups
+from cramlm.train.sparsity import check_strategy
 from cramlm.train.trainer import Strategy
 
 STRATEGIES = ("single", "ddp", "zero1", "fsdp", "tp", "fsdp+tp", "deepspeed")
@@ -342,6 +343,7 @@ class DistributedStrategy(Strategy):
             raise CramlmError(f"train.optimizer=muon orthogonalises whole matrices, which {d.strategy} shards "
                               "across ranks (PyTorch's Muon takes plain tensors): use train.strategy=ddp, or "
                               "train.optimizer=adamw")
+        check_strategy(d.strategy, cfg)
         super().__init__(d.device)
         self.dist = d
         self.rank, self.world_size = d.dp_rank, d.dp_size

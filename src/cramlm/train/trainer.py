@@ -37,7 +37,7 @@ from cramlm.eval.heldout import heldout_loss
 from cramlm.models.registry import build_model
 from cramlm.train import autopilot
 from cramlm.train import checkpoint as ckpt
-from cramlm.train import preflight
+from cramlm.train import preflight, sparsity
 from cramlm.train.budget import Budget
 from cramlm.train.logging import MetricsLog, ProgressLine
 from cramlm.train.optim import build_optimizer, clip_gradients, set_lr, skip_if_nonfinite
@@ -213,6 +213,8 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.module = build_model(cfg.model).to(self.device)
+        mask_rate = t.mask_rate if self.objective == "mlm" else None
+        self.sparsity = sparsity.attach(self.module, cfg, self.seq_len, mask_rate, self.device, self.precision)
         self.n_params = sum(p.numel() for p in self.module.parameters())
         self.model = self.strategy.wrap(self.module)
         self.optimizer = self.strategy.build_optimizer(self.model, t)
@@ -296,6 +298,8 @@ class Trainer:
 
     def train_step(self) -> None:
         t, progress = self.cfg.train, self.budget.progress()
+        if self.sparsity:  # SWAT's schedule runs on the budget's clock
+            self.sparsity.update(progress, self.budget.tokens)
         world = self.strategy.world_size
         accum = self.accum
         if t.batch_ramp != "auto":  # the ramp counts global micro-batches, so it is the same on any world size
@@ -488,6 +492,7 @@ class Trainer:
                 "autopilot": self.decision.to_dict(), "window": window_counts, "train_seconds": self.train_seconds,
                 "intervals": {"checkpoint": self.checkpoint_every.last, "val": self.val_every.last},
                 "data_dir": str(self.data_dir), "last_val": self.last_val, "last_loss": self.last_loss,
+                "sparsity": self.sparsity.state_dict() if self.sparsity else None,
             }
             path = ckpt.commit(tmp, self.step, trainer_state, meta, keep=self.cfg.train.keep_checkpoints)
         path = self.strategy.share(path)
@@ -524,6 +529,8 @@ class Trainer:
         self.checkpoint_every.last = meta["intervals"]["checkpoint"]
         self.val_every.last = meta["intervals"]["val"]
         self.last_val, self.last_loss = meta["last_val"], meta["last_loss"]
+        if self.sparsity and meta.get("sparsity"):
+            self.sparsity.load_state_dict(meta["sparsity"])
         self.step = meta["step"]
         return path
 
@@ -646,6 +653,7 @@ class Trainer:
             "skipped_steps": self.guard.skipped_total, "rollbacks": self.guard.rollbacks,
             "device": str(self.device), "hardware": self.hw.name, "precision": self.precision,
             "cost": self.cost(), "data_dir": str(self.data_dir), "autopilot": self.decision.to_dict(),
+            **({"sparsity": self.sparsity.summary(spent["tokens"])} if self.sparsity else {}),
         }
 
 
