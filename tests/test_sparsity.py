@@ -13,6 +13,7 @@ from cramlm.budget.flops import forward_flops_per_token
 from cramlm.config import resolve_config
 from cramlm.errors import CramlmError
 from cramlm.models import build_model
+from cramlm.report.html import report
 from cramlm.models.sparse import SwatLinear, keep_count, mask_2_4, pack_bits, topk_mask, unpack_bits
 from cramlm.train import checkpoint as ckpt
 from cramlm.train import sparsity
@@ -232,6 +233,10 @@ def test_run_counts_flops_and_exports_the_masked_model(data_dir, tmp_path):
     loss = heldout_loss(model, Dataset(data_dir), "mlm", t.mask_rate, t.val_batches, t.micro_batch_size,
                         seed=t.seed)
     assert loss == pytest.approx(res["val_loss"], abs=1e-5)
+    table = report([tmp_path / "run"], "md")
+    header, row = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+                   if line.startswith("| ")][:2]
+    assert dict(zip(header, row))["sparse FLOPs"] == f"{sp['sparse_flops']:.3g} (-{100 * sp['flops_saved']:.0f}%)"
     export_model(model, run_cfg.model, tmp_path / "hf")
     hf = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
     ids = torch.randint(5, run_cfg.model.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
@@ -239,8 +244,19 @@ def test_run_counts_flops_and_exports_the_masked_model(data_dir, tmp_path):
         torch.testing.assert_close(hf(input_ids=ids).logits, model(ids).logits, rtol=0, atol=1e-4)
 
 
-def test_export_dense_keeps_every_weight(data_dir, tmp_path):
-    cfg = tiny_cfg(*SWAT, "budget.limit=3steps", "train.sparsity.warmup=0", "train.sparsity.export=dense")
-    train(cfg, data_dir, tmp_path / "run", progress=False)
+@pytest.mark.parametrize("model", ["tiny", "gpt-small"])
+def test_export_dense_keeps_every_weight_for_either_objective(data_dir, tmp_path, model):
+    cfg = tiny_cfg(*SWAT, "budget.limit=3steps", "train.sparsity.warmup=0", "train.sparsity.export=dense",
+                   model=model)
+    res = train(cfg, data_dir, tmp_path / "run", progress=False)
+    assert res["sparsity"]["flops_saved"] > 0.2 and res["val_loss"] > 0
     weights = ckpt.load_weights(Path(tmp_path / "run" / "final" / "model.safetensors"))
-    assert all((w != 0).all() for name, w in weights.items() if name.endswith("qkv.weight"))
+    qkv = [w for name, w in weights.items() if name.endswith("qkv.weight")]
+    assert len(qkv) == 2 and all((w != 0).all() for w in qkv)
+
+
+def test_cli_refuses_a_sparse_head_in_one_line(cli, data_dir, tmp_path):
+    code, _, err = cli("train", data_dir, "--model", "tiny", "--out", tmp_path / "run", *TINY, *SWAT,
+                       "train.sparsity.layers=[head]")
+    assert code == 2 and "embeddings and heads are never sparsified" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

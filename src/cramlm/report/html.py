@@ -38,10 +38,17 @@ def _train_loss_only(run: Run) -> bool:
     return run.val_loss is None and run.final_loss is not None
 
 
+def _sparse_flops(sp: dict[str, Any] | None) -> str:
+    """A SWAT run's training FLOPs as a sparse accelerator would execute them, and the share of dense saved."""
+    return f"{sp['sparse_flops']:.3g} (-{100 * sp['flops_saved']:.0f}%)" if sp else "-"
+
+
 def run_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
     """The table of runs: header and one row of text cells per run."""
     eval_names = sorted({name for r in runs for name in r.evals})
-    header = ["run", "status", "model", "budget", "hardware", "params", "steps", "tokens", "FLOPs", "time",
+    sparse = any(r.train.get("sparsity") for r in runs)  # a column only when a run trained sparse
+    header = ["run", "status", "model", "budget", "hardware", "params", "steps", "tokens", "FLOPs",
+              *(["sparse FLOPs"] if sparse else []), "time",
               "train loss", "val loss", *eval_names, "USD", "kWh", "kg CO2e"]
     rows = []
     for r in runs:
@@ -60,6 +67,7 @@ def run_rows(runs: list[Run]) -> tuple[list[str], list[list[str]]]:
             _num(r.train.get("steps", last.get("step")), "d"),
             format_count(r.train.get("tokens", last.get("tokens", 0))),
             _num(r.flops, ".3g"),
+            *([_sparse_flops(r.train.get("sparsity"))] if sparse else []),
             format_seconds(seconds) if isinstance(seconds, (int, float)) else "-",
             _num(r.train.get("train_loss", last.get("loss"))),
             _num(r.final_loss) + (TRAIN_LOSS_MARK if _train_loss_only(r) else ""),
