@@ -1,8 +1,12 @@
 """SWAT sparse training: exact top-K masks, the sparse backward, the schedule, FLOPs counting, resume, export."""
 
+import importlib.util
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,8 +17,8 @@ from cramlm.budget.flops import forward_flops_per_token
 from cramlm.config import resolve_config
 from cramlm.errors import CramlmError
 from cramlm.models import build_model
-from cramlm.report.html import report
 from cramlm.models.sparse import SwatLinear, keep_count, mask_2_4, pack_bits, topk_mask, unpack_bits
+from cramlm.report.html import report
 from cramlm.train import checkpoint as ckpt
 from cramlm.train import sparsity
 from cramlm.train.trainer import train
@@ -260,3 +264,22 @@ def test_cli_refuses_a_sparse_head_in_one_line(cli, data_dir, tmp_path):
                        "train.sparsity.layers=[head]")
     assert code == 2 and "embeddings and heads are never sparsified" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.dist
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed"])
+def test_data_parallel_strategies_train_sparse_and_write_the_masked_model(data_dir, tmp_path, strategy):
+    if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("deepspeed is not installed (optional extra)")
+    run = tmp_path / "run"
+    extra = ["train.strategy=deepspeed", "train.deepspeed.stage=2", "train.optimizer=adamw"] \
+        if strategy == "deepspeed" else ["train.strategy=ddp"]
+    proc = subprocess.run([sys.executable, "-m", "cramlm", "train", str(data_dir), "--model", "tiny", "--recipe",
+                           "demo", "--budget", "4steps", "--nproc", "2", "--out", str(run), *TINY, *SWAT, *extra],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((run / "results" / "train.json").read_text())
+    assert res["sparsity"]["flops_saved"] > 0.2
+    model, _ = ckpt.load_model(run)
+    qkv = model.blocks[0].attn.qkv.weight
+    assert (qkv != 0).sum() == keep_count(qkv.numel(), 0.75)

@@ -28,6 +28,7 @@ from cramlm.train import checkpoint as ckpt
 from cramlm.train.distributed import Distributed, DistributedStrategy
 from cramlm.models import mup
 from cramlm.train.optim import param_groups
+from cramlm.train.sparsity import apply_final_masks
 from cramlm.train.trainer import resolve_precision
 
 TAG = "deepspeed"  # the sub-directory of a checkpoint that holds DeepSpeed's files
@@ -138,4 +139,5 @@ class DeepSpeedStrategy(DistributedStrategy):
         module.to_empty(device="cpu")
         shapes = {k: v.shape for k, v in module.state_dict().items()}
         module.load_state_dict({k: v.reshape(shapes[k]) for k, v in state.items()})
+        apply_final_masks(module, cfg)  # a sparse run's final/ holds the masked weights it asked for
         ckpt.save_final(run_dir, module.state_dict(), cfg)
