@@ -283,3 +283,26 @@ def test_data_parallel_strategies_train_sparse_and_write_the_masked_model(data_d
     model, _ = ckpt.load_model(run)
     qkv = model.blocks[0].attn.qkv.weight
     assert (qkv != 0).sum() == keep_count(qkv.numel(), 0.75)
+
+
+def test_autocast_and_compile_keep_the_sparse_maths():
+    torch.manual_seed(0)
+    layer = SwatLinear.sparsify(torch.nn.Linear(64, 32), 0.5, 0.5, "tensor")
+    layer.active = True
+    x = torch.randn(4, 64, requires_grad=True)
+    ref = layer(x)
+    ref.sum().backward()
+    grad = layer.weight.grad.clone()
+    layer.weight.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad.dtype == layer.weight.grad.dtype == torch.float32
+    torch.testing.assert_close(layer.weight.grad, grad, rtol=0.05, atol=0.05)
+    layer.weight.grad = None
+    compiled = torch.compile(layer, backend="aot_eager")
+    y = compiled(x)
+    y.sum().backward()
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(layer.weight.grad, grad)

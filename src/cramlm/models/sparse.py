@@ -71,8 +71,7 @@ class _SwatLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, w_mask: Tensor, semi: Tensor | None,
                 a_sparsity: float, granularity: Granularity) -> Tensor:  # type: ignore[override]
-        y = F.linear(x, weight * w_mask if semi is None else semi, bias if semi is None else bias.to(x.dtype)
-                     if bias is not None else None)
+        y = F.linear(x, weight * w_mask if semi is None else semi, bias)
         a_mask = topk_mask(x, a_sparsity, granularity)
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         # kept in the dtype the matmul runs in, as autograd would save x for a dense F.linear
@@ -146,11 +145,12 @@ class SwatLinear(nn.Linear):
             return F.linear(x, self.weight, self.bias)
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         mask, packed = self._masks(dtype)
-        if packed is not None:
-            x = x.to(dtype)
+        bias = self.bias
+        if packed is not None:  # a semi-structured matmul takes its operands in its own dtype
+            x, bias = x.to(dtype), bias.to(dtype) if bias is not None else None
         if not torch.is_grad_enabled():
-            return F.linear(x, self.weight * mask if packed is None else packed, self.bias)
-        return _SwatLinearFn.apply(x, self.weight, self.bias, mask, packed, self.a_sparsity, self.granularity)
+            return F.linear(x, self.weight * mask if packed is None else packed, bias)
+        return _SwatLinearFn.apply(x, self.weight, bias, mask, packed, self.a_sparsity, self.granularity)
 
     def extra_repr(self) -> str:
         kind = "2:4" if self.two_four else f"{self.w_sparsity:g} per {self.granularity}"
