@@ -79,6 +79,9 @@ _CATALOGUE = [
     # NVIDIA Ampere GA102 whitepaper, RTX 3090: 35.6 FP32, 35.6 TF32, 71 FP16/BF16 tensor with FP32 accumulate;
     # 24 GB GDDR6X, 936 GB/s, 350 W. Marketplace ~0.30 USD/h.
     _hw("rtx3090", 35.6, 35.6, 71, 71, None, 24, 936, 350, 0.30, "NVIDIA GeForce RTX 3090 (Ampere)"),
+    # NVIDIA GeForce RTX 3090 Ti (full GA102, 10752 CUDA cores at 1.86 GHz boost): 40 FP32, 40 TF32, 80 FP16/BF16
+    # tensor with FP32 accumulate (the 3090's per-clock rates); 24 GB GDDR6X at 21 Gbps, 1008 GB/s, 450 W. ~0.35 USD/h.
+    _hw("rtx3090ti", 40, 40, 80, 80, None, 24, 1008, 450, 0.35, "NVIDIA GeForce RTX 3090 Ti (Ampere)"),
     # NVIDIA Ada Lovelace whitepaper, RTX 4090: 82.6 FP32, 82.6 TF32, 165.2 FP16/BF16 and 330.3 FP8 tensor with
     # FP32 accumulate; 24 GB GDDR6X, 1008 GB/s, 450 W. Marketplace ~0.40 USD/h.
     _hw("rtx4090", 82.6, 82.6, 165.2, 165.2, 330.3, 24, 1008, 450, 0.40, "NVIDIA GeForce RTX 4090 (Ada)"),
@@ -104,8 +107,16 @@ _CATALOGUE = [
     # NVIDIA H100 datasheet, SXM: 67 FP32, 989 TF32 / 1979 BF16,FP16 / 3958 FP8 with sparsity -> halves dense;
     # 80 GB HBM3, 3350 GB/s, 700 W. Cloud ~2.50 USD/h.
     _hw("h100-sxm", 67, 494.5, 989.5, 989.5, 1979, 80, 3350, 700, 2.50, "NVIDIA H100 SXM5 80GB (Hopper)"),
+    # NVIDIA H100 datasheet, NVL (per GPU): 60 FP32, 835 TF32 / 1671 BF16,FP16 / 3341 FP8 with sparsity -> halves
+    # dense; 94 GB HBM3, 3900 GB/s, 400 W. Cloud ~2.30 USD/h.
+    _hw("h100-nvl", 60, 417.5, 835.5, 835.5, 1670.5, 94, 3900, 400, 2.30, "NVIDIA H100 NVL 94GB (Hopper)"),
     # NVIDIA H200 datasheet (SXM): compute as H100 SXM; 141 GB HBM3e, 4800 GB/s, 700 W. Cloud ~3.50 USD/h.
     _hw("h200", 67, 494.5, 989.5, 989.5, 1979, 141, 4800, 700, 3.50, "NVIDIA H200 SXM 141GB (Hopper)"),
+    # NVIDIA GH200 Grace Hopper Superchip datasheet: the GPU computes as an H100 SXM; 96 GB HBM3 at 4000 GB/s (the
+    # 144 GB HBM3e version: 4900 GB/s); 450-1000 W for the whole module (CPU, GPU, memory), 900 W taken here.
+    # Lambda on-demand 1.49 USD/h.
+    _hw("gh200", 67, 494.5, 989.5, 989.5, 1979, 96, 4000, 900, 1.49, "NVIDIA GH200 96GB (Grace Hopper)"),
+    _hw("gh200-144gb", 67, 494.5, 989.5, 989.5, 1979, 144, 4900, 1000, 1.49, "NVIDIA GH200 144GB HBM3e (Grace Hopper)"),
     # NVIDIA HGX B200 specifications, per GPU (8-GPU totals / 8): 75 FP32, 2.2 PF TF32 / 4.5 PF FP16,BF16 / 9 PF FP8
     # with sparsity -> halves dense; 180 GB HBM3e, ~7700 GB/s, 1000 W. Cloud ~5.00 USD/h.
     _hw("b200", 75, 1125, 2250, 2250, 4500, 180, 7700, 1000, 5.00, "NVIDIA B200 (Blackwell)"),
@@ -120,7 +131,7 @@ _CATALOGUE = [
     _hw("tpu-v4", 0, None, 275, None, None, 32, 1200, 192, 3.22, "Google TPU v4, per chip"),
 ]
 
-ALIASES = {"h100": "h100-sxm", "2080ti": "rtx2080ti", "3090": "rtx3090", "4090": "rtx4090",
+ALIASES = {"h100": "h100-sxm", "2080ti": "rtx2080ti", "3090": "rtx3090", "3090ti": "rtx3090ti", "4090": "rtx4090",
            "rtxa6000": "a6000", "rtxa4000": "a4000", "teslav100": "v100", "teslat4": "t4"}
 
 # The host CPU: its fp32 peak is measured (`measure_peak`; the best seen is kept by `best_cpu_peak`); TDP and price
@@ -246,9 +257,10 @@ def resolve(name: str = "auto", usd_per_hour: float | None = None) -> Hardware:
 
 # Matched against torch.cuda.get_device_name(); the more specific patterns first.
 _CUDA_NAMES = [
-    (r"h200", "h200"), (r"h100.*pcie", "h100-pcie"), (r"h100", "h100-sxm"), (r"b200", "b200"),
+    (r"gh200.*144", "gh200-144gb"), (r"gh200", "gh200"), (r"h200", "h200"), (r"h100.*pcie", "h100-pcie"),
+    (r"h100.*nvl", "h100-nvl"), (r"h100", "h100-sxm"), (r"b200", "b200"),
     (r"a100.*80", "a100-80gb"), (r"a100", "a100-40gb"), (r"l40s", "l40s"), (r"\bl4\b", "l4"),
-    (r"a6000", "a6000"), (r"a4000", "a4000"), (r"4090", "rtx4090"), (r"3090", "rtx3090"),
+    (r"a6000", "a6000"), (r"a4000", "a4000"), (r"4090", "rtx4090"), (r"3090 ?ti", "rtx3090ti"), (r"3090", "rtx3090"),
     (r"2080 ?ti", "rtx2080ti"), (r"v100", "v100"), (r"\bt4\b", "t4"),
 ]
 

@@ -1,10 +1,17 @@
-"""Memory per device for data-parallel strategies: model states (ZeRO's accounting) plus an activation estimate.
+"""Memory per device for data-parallel strategies: model states plus an activation estimate.
 
-Model states follow Rajbhandari et al. 2020 ("ZeRO", section 3.1 and figure 1): with mixed-precision Adam a
-parameter costs 2 bytes (fp16/bf16 weight) + 2 (gradient) + K=12 (fp32 master weight, momentum, variance).
-DDP replicates all of it; ZeRO-1 shards the optimizer states over the N devices, ZeRO-2 also the gradients,
-ZeRO-3 also the weights; ZeRO-3 with offload keeps the optimizer states in host memory (ZeRO-Offload), leaving
-the sharded 16-bit weights and gradients on the device. Plain fp32 training is 4 + 4 + 8 (no master copy).
+DDP and ZeRO-1 count what PyTorch allocates when cramlm trains them: the weights stay fp32 and autocast computes
+in bf16/fp16, so a parameter costs 4 bytes (fp32 weight) + 4 (fp32 gradient) + 8 (Adam's momentum and
+variance), and on more than one device DDP adds 4 (its gradient buckets, a second fp32 copy of the gradients
+that the all-reduce works on): 20 bytes under DDP, 16 in one process, in mixed precision as in fp32. ZeRO-1
+shards Adam's 8 bytes over the N devices. Autocast's cached 16-bit weight copies (2 bytes per parameter while
+forward and backward run) are left to the HEADROOM below, with the CUDA context and the allocator's slack.
+
+ZeRO-2/3 follow Rajbhandari et al. 2020 ("ZeRO", section 3.1 and figure 1), which matches FSDP's mixed
+precision (16-bit compute copies of the sharded fp32 weights, gathered a block at a time): 2 bytes (16-bit
+weight) + 2 (gradient) + K=12 (fp32 weight, momentum, variance); ZeRO-2 shards the gradients and optimizer
+states, ZeRO-3 also the weights; ZeRO-3 with offload keeps the optimizer states in host memory (ZeRO-Offload),
+leaving the sharded 16-bit weights and gradients on the device. docs/plan.md describes the model.
 """
 
 from __future__ import annotations
@@ -17,18 +24,30 @@ GB = 1e9
 HEADROOM = 0.9
 
 
+DDP_BUCKET_BYTES = 4  # DDP's gradient buckets: an fp32 copy of every gradient (gradient_as_bucket_view=False)
+
+
 def state_bytes_per_param(mixed_precision: bool = True) -> tuple[int, int, int]:
-    """(weight, gradient, optimizer) bytes per parameter for Adam: (2, 2, 12) mixed, (4, 4, 8) fp32."""
+    """(weight, gradient, optimizer) bytes per parameter for Adam under ZeRO's accounting (ZeRO-2/3):
+    (2, 2, 12) mixed, (4, 4, 8) fp32."""
     return (2, 2, 12) if mixed_precision else (4, 4, 8)
 
 
+def replicated_bytes_per_param(mixed_precision: bool = True) -> tuple[int, int, int]:
+    """(weight, gradient, optimizer) bytes per parameter as one process trains (DDP, ZeRO-1): fp32 weight, fp32
+    gradient, Adam's two fp32 moments, with or without autocast (which computes in 16 bits from fp32 weights)."""
+    return (4, 4, 8)
+
+
 def model_state_bytes(params: float, strategy: str, n_devices: int = 1, mixed_precision: bool = True) -> float:
-    """Bytes of weights, gradients and optimizer states on each device (ZeRO paper, figure 1)."""
+    """Bytes of weights, gradients and optimizer states on each device (see the module docstring)."""
     w, g, k = state_bytes_per_param(mixed_precision)
+    rw, rg, rk = replicated_bytes_per_param(mixed_precision)
     n = max(1, n_devices)
+    bucket = DDP_BUCKET_BYTES if n > 1 else 0  # one process trains the model unwrapped
     per_device = {
-        "ddp": (w + g + k),
-        "zero1": w + g + k / n,
+        "ddp": rw + rg + bucket + rk,
+        "zero1": rw + rg + bucket + rk / n,
         "zero2": w + (g + k) / n,
         "zero3": (w + g + k) / n,
         "zero3_offload": (w + g) / n,

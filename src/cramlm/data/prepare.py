@@ -17,6 +17,7 @@ the dedup hash set (16 bytes per kept document).
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import shutil
@@ -69,23 +70,44 @@ def _sample(
     sources: list[str], cfg: DataConfig, total_bytes: int | None, probe: TextFilters, skipped: Counter
 ) -> tuple[list[str], list[str] | None]:
     """(tokenizer sample, the whole corpus if it fit in the sample budget else None); `probe` counts what the
-    stateless filters dropped and `skipped` what could not be read, for the error when nothing is usable."""
+    stateless filters dropped and `skipped` what could not be read, for the error when nothing is usable.
+
+    With a known size, documents are drawn by hash at the rate that fills the budget. With an unknown size (a
+    streamed `hf:` source) or one larger than announced, the sample keeps the documents with the smallest hashes
+    that fit the budget (evicting the largest as more arrive): the same kind of sample, in bounded memory."""
     budget = cfg.tokenizer_sample_mb * MB
     rate = 1.0 if not total_bytes else min(1.0, budget / total_bytes)
-    sample: list[str] = []
-    corpus: list[str] | None = [] if rate == 1.0 else None
-    chars = 0
-    for text in _all_documents(sources, cfg, skipped):
+    if rate < 1.0:
+        return _rate_sample(sources, cfg, rate, budget, probe, skipped), None
+    kept: list[tuple[float, int, str]] = []  # a max-heap by hash: (-hash, position, text)
+    corpus: list[str] | None = []
+    chars = corpus_chars = 0
+    for i, text in enumerate(_all_documents(sources, cfg, skipped)):
         if corpus is not None:
             corpus.append(text)
-        if probe.keep(text) and (rate == 1.0 or _unit_float(text_hash(text)) < rate):
+            corpus_chars += len(text)
+            if corpus_chars > budget:
+                corpus = None  # the corpus is larger than the sample: stream it again
+        if probe.keep(text):
+            heapq.heappush(kept, (-_unit_float(text_hash(text)), i, text))
+            chars += len(text)
+            while chars > budget and len(kept) > 1:
+                chars -= len(heapq.heappop(kept)[2])
+    return [text for _, _, text in sorted(kept, key=lambda item: item[1])], corpus
+
+
+def _rate_sample(sources: list[str], cfg: DataConfig, rate: float, budget: float, probe: TextFilters,
+                 skipped: Counter) -> list[str]:
+    """Documents drawn by hash at `rate`, in input order, until `budget` characters."""
+    sample: list[str] = []
+    chars = 0
+    for text in _all_documents(sources, cfg, skipped):
+        if probe.keep(text) and _unit_float(text_hash(text)) < rate:
             sample.append(text)
             chars += len(text)
             if chars >= budget:
-                corpus = None  # the corpus is larger than the sample: stream it again
-                if rate < 1.0:
-                    break
-    return sample, corpus
+                break
+    return sample
 
 
 SKIPS = {"binary_files": ("binary file", "skipped (not text)"), "non_utf8_lines": ("line", "skipped (not UTF-8)"),

@@ -36,6 +36,7 @@ from cramlm.eval.results import Result
 from cramlm.models.encoder import EncoderForSequenceClassification
 from cramlm.train.checkpoint import save_weights
 from cramlm.models import mup
+from cramlm.train.cuda import amp_dtype
 from cramlm.train.optim import param_groups, set_lr
 from cramlm.train.schedules import lr_factor
 
@@ -258,7 +259,9 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    """bf16 on GPUs with native bf16, fp16 on older ones (see `train/cuda.py`), fp32 on CPU."""
+    dtype = amp_dtype(device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 @torch.no_grad()
@@ -299,6 +302,7 @@ def finetune(encoder_state: dict[str, torch.Tensor], cfg: RunConfig, task: Task,
     lengths = np.array([len(x) for x in train_ids])
     total = finetune_steps(len(train_ids), ev.batch_size, ev.epochs)
     labels = torch.as_tensor(train_labels)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype(device) == torch.float16 else None
     if progress is not None:
         progress.begin(f"{task.name} seed {seed}", total)
     step, batches = 0, []
@@ -313,8 +317,13 @@ def finetune(encoder_state: dict[str, torch.Tensor], cfg: RunConfig, task: Task,
             logits = model(input_ids, mask).logits.float()
         loss = F.mse_loss(logits[:, 0], target) if task.num_labels == 1 else F.cross_entropy(logits, target)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:  # fp16: scaled so that small gradients do not underflow
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         step += 1
         if progress is not None:
             progress.step(step, loss.item())

@@ -52,6 +52,15 @@ def torchrun_env() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def process_group_backend(device: torch.device, cfg: Any) -> str:
+    """nccl on GPUs, gloo on CPUs; FSDP with CPU offload keeps gradient shards on the host, whose collectives
+    (the gradient norm) need gloo next to nccl. `cfg` is a TrainConfig."""
+    if device.type != "cuda":
+        return "gloo"
+    offload = cfg.strategy in ("fsdp", "fsdp+tp") and cfg.fsdp.cpu_offload
+    return "cuda:nccl,cpu:gloo" if offload else "nccl"
+
+
 def pick_device(name: str, local_rank: int) -> torch.device:
     """`auto` is this process's GPU (by LOCAL_RANK) when there is one, else the CPU."""
     if name == "auto":
@@ -105,8 +114,7 @@ class Distributed:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         if not dist.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=10),
+            dist.init_process_group(process_group_backend(device, cfg), timeout=datetime.timedelta(minutes=10),
                                     device_id=device if device.type == "cuda" else None)
         world = dist.get_world_size()
         strategy = resolve_strategy(cfg.strategy, world, cfg.tp_size)
@@ -249,7 +257,10 @@ def apply_fsdp(model: nn.Module, mesh: DeviceMesh, cfg: Any, device: torch.devic
     scalars = [p for p in model.parameters() if p.ndim == 0]
     kwargs: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": cfg.reshard_after_forward,
                               "ignored_params": set(scalars)}
-    if cfg.mixed_precision and device.type == "cuda" and precision in ("auto", "bf16"):
+    from cramlm.train.cuda import has_native_bf16
+
+    native = precision == "bf16" or (precision == "auto" and has_native_bf16(device))  # not emulated bf16
+    if cfg.mixed_precision and device.type == "cuda" and native:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if cfg.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=device.type == "cuda")
@@ -306,13 +317,32 @@ class FusedColwise(ColwiseParallel):
 
 
 def gradient_norm(model: nn.Module) -> torch.Tensor:
-    """Global L2 norm of the gradients, whatever mix of sharded (DTensor) and plain gradients the strategy left."""
-    norms = []
+    """Global L2 norm of the gradients, whatever mix of sharded (DTensor) and plain gradients the strategy left.
+
+    Each rank sums the squares of its local pieces; the partial sums of the gradients sharded alike (same mesh,
+    same sharded mesh dims) are summed over those dims in one all-reduce, not one per parameter. Replicated
+    gradients (plain tensors, replicated mesh dims) are counted once."""
+    from torch.distributed.tensor import Partial, Replicate
+
+    plain: list[torch.Tensor] = []
+    sharded: dict[tuple[Any, tuple[bool, ...]], list[torch.Tensor]] = {}
     for p in model.parameters():
-        if p.grad is not None:
-            n = torch.linalg.vector_norm(p.grad.float())
-            norms.append(n.full_tensor() if isinstance(n, DTensor) else n)
-    return torch.linalg.vector_norm(torch.stack(norms))
+        if p.grad is None:
+            continue
+        if isinstance(p.grad, DTensor):
+            key = (p.grad.device_mesh, tuple(pl.is_shard() for pl in p.grad.placements))
+            sharded.setdefault(key, []).append(p.grad.to_local().float().pow(2).sum())
+        else:
+            plain.append(p.grad.float().pow(2).sum())
+    device = next((t.device for t in plain), None)
+    total = [torch.stack(plain).sum()] if plain else []
+    for (mesh, is_shard), parts in sharded.items():
+        local = torch.stack([t.to(parts[0].device) for t in parts]).sum()
+        placements = [Partial() if s else Replicate() for s in is_shard]
+        summed = DTensor.from_local(local, mesh, placements, run_check=False).full_tensor()
+        device = device or summed.device
+        total.append(summed)
+    return torch.stack([t.to(device) for t in total]).sum().sqrt()
 
 
 def clip_gradients(model: nn.Module, max_norm: float) -> torch.Tensor:

@@ -98,18 +98,29 @@ class NoiseScale:
         self.trace: torch.Tensor | None = None
         self.updates = 0
 
-    def update(self, small_sq: torch.Tensor, big_sq: torch.Tensor, b_small: int, b_big: int) -> None:
-        """Feed one optimizer step: squared norms of a micro-batch gradient and of the accumulated gradient."""
+    def update(self, small_sq: torch.Tensor, big_sq: torch.Tensor, b_small: int, b_big: int,
+               ok: torch.Tensor | bool = True) -> None:
+        """Feed one optimizer step: squared norms of a micro-batch gradient and of the accumulated gradient.
+
+        A step that is not `ok` (skipped as non-finite) or whose estimates are not finite leaves the averages as
+        they were: one overflow must not turn them into NaN for the rest of the run. Decided on the device, so
+        the loop never waits."""
         if b_big <= b_small:
             return
         self.updates += 1
-        g2 = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)
-        trace = (small_sq - big_sq) / (1.0 / b_small - 1.0 / b_big)
-        if self.g2 is None or self.trace is None:
-            self.g2, self.trace = g2.detach().float(), trace.detach().float()
-        else:
-            self.g2 = self.decay * self.g2 + (1 - self.decay) * g2.detach().float()
-            self.trace = self.decay * self.trace + (1 - self.decay) * trace.detach().float()
+        g2 = ((b_big * big_sq - b_small * small_sq) / (b_big - b_small)).detach().float()
+        trace = ((small_sq - big_sq) / (1.0 / b_small - 1.0 / b_big)).detach().float()
+        keep = torch.isfinite(g2) & torch.isfinite(trace) & torch.as_tensor(ok, device=g2.device)
+        self.g2 = self._blend(self.g2, g2, keep)
+        self.trace = self._blend(self.trace, trace, keep)
+
+    def _blend(self, mean: torch.Tensor | None, new: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The moving average with `new` where `keep`, else unchanged (NaN stands for "nothing measured yet")."""
+        if mean is None:
+            return torch.where(keep, new, torch.nan)
+        mean = mean.to(new.device)
+        mixed = torch.where(torch.isnan(mean), new, self.decay * mean + (1 - self.decay) * new)
+        return torch.where(keep, mixed, mean)
 
     def value(self) -> float | None:
         """B_noise in sequences (synchronises with the device); None until measured or while not positive."""

@@ -37,6 +37,7 @@ from cramlm.eval.heldout import heldout_loss
 from cramlm.models.registry import build_model
 from cramlm.train import autopilot
 from cramlm.train import checkpoint as ckpt
+from cramlm.train import cuda
 from cramlm.train import preflight, sparsity
 from cramlm.train.budget import Budget
 from cramlm.train.logging import MetricsLog, ProgressLine
@@ -77,7 +78,7 @@ class Strategy:
         return contextlib.nullcontext()
 
     def compile(self, model: nn.Module) -> nn.Module:
-        return torch.compile(model)
+        return torch.compile(model, dynamic=False)  # the loader's batches have static shapes
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -137,12 +138,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto: bf16 on GPUs that have it (fp16 + grad scaler on older ones), fp32 on CPU, where bf16 is slower."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    """auto: bf16 on GPUs with native bf16 (fp16 + grad scaler on older ones), fp32 on CPU, where bf16 is slower."""
+    return cuda.auto_precision(device) if precision == "auto" else precision
 
 
 class Interval:
@@ -186,6 +183,7 @@ class Trainer:
         if self.precision == "fp16" and self.device.type != "cuda":
             raise CramlmError("train.precision=fp16 needs a GPU; use fp32 or bf16 on CPU")
         self.dtype = DTYPES[self.precision]
+        cuda.configure(self.device, cfg.train.deterministic)  # TF32 before a peak is measured, cuBLAS workspace
         self.hw = hardware.resolve(cfg.budget.hardware, cfg.budget.price_per_hour)
         # devices of this session: every process of a torchrun job (MFU, price), never fewer than budget.count
         self.devices = max(cfg.budget.count, self.strategy.devices)
@@ -209,9 +207,6 @@ class Trainer:
         torch.manual_seed(t.seed)
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
-        if self.device.type == "cuda" and torch.cuda.get_device_capability(self.device)[0] >= 8:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
         self.module = build_model(cfg.model).to(self.device)
         mask_rate = t.mask_rate if self.objective == "mlm" else None
         self.sparsity = sparsity.attach(self.module, cfg, self.seq_len, mask_rate, self.device, self.precision)
@@ -290,7 +285,7 @@ class Trainer:
     def _batches(self, n: int) -> Iterator[dict[str, torch.Tensor]]:
         for _ in range(n):
             batch = self.loader.next_batch(self.micro)
-            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            yield cuda.to_device(batch, self.device)
 
     def _cut_short(self) -> bool:
         """Stop accumulating mid-step: a wall-clock budget ran out or a signal came in."""
@@ -338,7 +333,7 @@ class Trainer:
                     p.grad.mul_(accum / done)
         grad_norm, found_inf = self.strategy.step(self.model, self.optimizer, t.grad_clip, loss_sum, self.scaler)
         if small_sq is not None and done > 1:
-            self.noise.update(small_sq, grad_norm.float() ** 2, self.micro, done * world_batch)
+            self.noise.update(small_sq, grad_norm.float() ** 2, self.micro, done * world_batch, ok=found_inf == 0)
 
         step_loss = loss_sum / done
         ok = found_inf == 0
@@ -472,6 +467,7 @@ class Trainer:
     def save(self) -> Path | None:
         """Checkpoint (collective): every rank writes its shards, rank 0 adds the rest and commits the directory."""
         started = time.perf_counter()
+        self.guard.skipped = 0  # the guard counts non-finite steps since the last checkpoint (this one)
         tmp = ckpt.begin(self.run_dir, self.step) if self.strategy.is_main else None
         tmp = self.strategy.share(tmp)  # also a barrier: the directory exists before anyone writes into it
         self.strategy.write_state(tmp, self.model, self.optimizer)
