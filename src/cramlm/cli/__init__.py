@@ -31,6 +31,11 @@ def _register() -> None:
     app.command(
         "sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": False}
     )(sweep.command)
+    from cramlm.cli import finetune
+
+    app.command(
+        "finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": False}
+    )(finetune.command)
     app.add_typer(eval_.app, name="eval")
     app.command("export")(export.command)
     app.command("report")(report.command)

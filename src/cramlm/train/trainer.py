@@ -38,6 +38,7 @@ from cramlm.models.registry import build_model
 from cramlm.train import autopilot
 from cramlm.train import checkpoint as ckpt
 from cramlm.train import cuda
+from cramlm.train import cuda
 from cramlm.train import preflight, sparsity
 from cramlm.train.budget import Budget
 from cramlm.train.logging import MetricsLog, ProgressLine
@@ -175,8 +176,8 @@ class Trainer:
     def __init__(self, cfg: RunConfig, data_dir: Path, run_dir: Path, strategy: Strategy | None = None,
                  progress: bool = True, choose_model: bool = False, resume: bool = False):
         self.data_dir, self.run_dir = Path(data_dir).resolve(), Path(run_dir)
-        self.dataset = Dataset(self.data_dir)
-        cfg = with_dataset_shape(cfg, self.dataset)
+        self.dataset = self.open_data(self.data_dir)
+        cfg = self.shape(cfg)
         self.strategy = strategy or Strategy(resolve_device(cfg.train.device))
         self.device = self.strategy.device
         self.precision = resolve_precision(cfg.train.precision, self.device)
@@ -216,8 +217,7 @@ class Trainer:
         use_compile = self.device.type == "cuda" if t.compile == "auto" else bool(t.compile)
         self.forward = self.strategy.compile(self.model) if use_compile else self.model
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
-        self.loader = BatchLoader(self.dataset, "train", self.objective, t.mask_rate, t.seed,
-                                  self.strategy.rank, world, t.whole_word_mask)
+        self.loader = self.make_loader()
         self.fps = optimizer_flops_per_step(cfg.model, t.optimizer)
         self.budget = Budget.from_config(cfg.budget, flops_per_token=self.fpt, flops_per_step=self.fps,
                                          usd_per_hour=self.hw.usd_per_hour, devices=self.devices)
@@ -264,6 +264,28 @@ class Trainer:
         if error is not None:
             raise CramlmError(error)
         return decision
+
+    # ------------------------------------------------------------ data hooks (`finetune/run.py` overrides them)
+
+    def open_data(self, data_dir: Path) -> Any:
+        """What the run reads: a prepared dataset dir (`seq_len`, `vocab_size`, `tokenizer_path`, splits)."""
+        return Dataset(data_dir)
+
+    def shape(self, cfg: RunConfig) -> RunConfig:
+        """`cfg` fitted to the data: pretraining takes the dataset's vocabulary and sequence length."""
+        return with_dataset_shape(cfg, self.dataset)
+
+    def make_loader(self) -> Any:
+        """The training batches (`next_batch(n)`, `state_dict()`, `load_state_dict()`)."""
+        t = self.cfg.train
+        return BatchLoader(self.dataset, "train", self.objective, t.mask_rate, t.seed, self.strategy.rank,
+                           self.strategy.world_size, t.whole_word_mask)
+
+    def heldout(self) -> float:
+        """The held-out loss the run reports and validates with."""
+        t = self.cfg.train
+        return heldout_loss(self.module, self.dataset, self.objective, t.mask_rate, t.val_batches, self.micro,
+                            seed=t.seed, dtype=self.dtype)
 
     def saved_config(self) -> RunConfig:
         """The config for `config.yaml`: the model actually built, the other numbers as the user gave them."""
@@ -456,9 +478,7 @@ class Trainer:
 
     def validate(self) -> float:
         started = time.perf_counter()
-        t = self.cfg.train
-        self.last_val = heldout_loss(self.module, self.dataset, self.objective, t.mask_rate, t.val_batches,
-                                     self.micro, seed=t.seed, dtype=self.dtype)
+        self.last_val = self.heldout()
         self.eval_seconds = time.perf_counter() - started
         self._log({"event": "val", "step": self.step, "val_loss": self.last_val, "progress": self.budget.progress(),
                    "seconds": self.budget.seconds})

@@ -1,0 +1,1 @@
+"""Fine-tuning decoders on prompt/response pairs (`cramlm finetune`): pairs.py, data.py, run.py."""
