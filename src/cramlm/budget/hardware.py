@@ -82,9 +82,6 @@ _CATALOGUE = [
     # NVIDIA GeForce RTX 3090 Ti (full GA102, 10752 CUDA cores at 1.86 GHz boost): 40 FP32, 40 TF32, 80 FP16/BF16
     # tensor with FP32 accumulate (the 3090's per-clock rates); 24 GB GDDR6X at 21 Gbps, 1008 GB/s, 450 W. ~0.35 USD/h.
     _hw("rtx3090ti", 40, 40, 80, 80, None, 24, 1008, 450, 0.35, "NVIDIA GeForce RTX 3090 Ti (Ampere)"),
-    # NVIDIA GeForce RTX 3090 Ti (full GA102, 10752 CUDA cores at 1.86 GHz boost): 40 FP32, 40 TF32, 80 FP16/BF16
-    # tensor with FP32 accumulate (the 3090's per-clock rates); 24 GB GDDR6X at 21 Gbps, 1008 GB/s, 450 W. ~0.35 USD/h.
-    _hw("rtx3090ti", 40, 40, 80, 80, None, 24, 1008, 450, 0.35, "NVIDIA GeForce RTX 3090 Ti (Ampere)"),
     # NVIDIA Ada Lovelace whitepaper, RTX 4090: 82.6 FP32, 82.6 TF32, 165.2 FP16/BF16 and 330.3 FP8 tensor with
     # FP32 accumulate; 24 GB GDDR6X, 1008 GB/s, 450 W. Marketplace ~0.40 USD/h.
     _hw("rtx4090", 82.6, 82.6, 165.2, 165.2, 330.3, 24, 1008, 450, 0.40, "NVIDIA GeForce RTX 4090 (Ada)"),
@@ -113,16 +110,8 @@ _CATALOGUE = [
     # NVIDIA H100 datasheet, NVL (per GPU): 60 FP32, 835 TF32 / 1671 BF16,FP16 / 3341 FP8 with sparsity -> halves
     # dense; 94 GB HBM3, 3900 GB/s, 400 W. Cloud ~2.30 USD/h.
     _hw("h100-nvl", 60, 417.5, 835.5, 835.5, 1670.5, 94, 3900, 400, 2.30, "NVIDIA H100 NVL 94GB (Hopper)"),
-    # NVIDIA H100 datasheet, NVL (per GPU): 60 FP32, 835 TF32 / 1671 BF16,FP16 / 3341 FP8 with sparsity -> halves
-    # dense; 94 GB HBM3, 3900 GB/s, 400 W. Cloud ~2.30 USD/h.
-    _hw("h100-nvl", 60, 417.5, 835.5, 835.5, 1670.5, 94, 3900, 400, 2.30, "NVIDIA H100 NVL 94GB (Hopper)"),
     # NVIDIA H200 datasheet (SXM): compute as H100 SXM; 141 GB HBM3e, 4800 GB/s, 700 W. Cloud ~3.50 USD/h.
     _hw("h200", 67, 494.5, 989.5, 989.5, 1979, 141, 4800, 700, 3.50, "NVIDIA H200 SXM 141GB (Hopper)"),
-    # NVIDIA GH200 Grace Hopper Superchip datasheet: the GPU computes as an H100 SXM; 96 GB HBM3 at 4000 GB/s (the
-    # 144 GB HBM3e version: 4900 GB/s); 450-1000 W for the whole module (CPU, GPU, memory), 900 W taken here.
-    # Lambda on-demand 1.49 USD/h.
-    _hw("gh200", 67, 494.5, 989.5, 989.5, 1979, 96, 4000, 900, 1.49, "NVIDIA GH200 96GB (Grace Hopper)"),
-    _hw("gh200-144gb", 67, 494.5, 989.5, 989.5, 1979, 144, 4900, 1000, 1.49, "NVIDIA GH200 144GB HBM3e (Grace Hopper)"),
     # NVIDIA GH200 Grace Hopper Superchip datasheet: the GPU computes as an H100 SXM; 96 GB HBM3 at 4000 GB/s (the
     # 144 GB HBM3e version: 4900 GB/s); 450-1000 W for the whole module (CPU, GPU, memory), 900 W taken here.
     # Lambda on-demand 1.49 USD/h.

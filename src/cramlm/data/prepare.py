@@ -18,7 +18,6 @@ the dedup hash set (16 bytes per kept document).
 from __future__ import annotations
 
 import heapq
-import heapq
 import json
 import os
 import shutil

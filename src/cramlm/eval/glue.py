@@ -37,7 +37,6 @@ from cramlm.models.encoder import EncoderForSequenceClassification
 from cramlm.train.checkpoint import save_weights
 from cramlm.models import mup
 from cramlm.train.cuda import amp_dtype
-from cramlm.train.cuda import amp_dtype
 from cramlm.train.optim import param_groups, set_lr
 from cramlm.train.schedules import lr_factor
 

@@ -61,15 +61,6 @@ def process_group_backend(device: torch.device, cfg: Any) -> str:
     return "cuda:nccl,cpu:gloo" if offload else "nccl"
 
 
-def process_group_backend(device: torch.device, cfg: Any) -> str:
-    """nccl on GPUs, gloo on CPUs; FSDP with CPU offload keeps gradient shards on the host, whose collectives
-    (the gradient norm) need gloo next to nccl. `cfg` is a TrainConfig."""
-    if device.type != "cuda":
-        return "gloo"
-    offload = cfg.strategy in ("fsdp", "fsdp+tp") and cfg.fsdp.cpu_offload
-    return "cuda:nccl,cpu:gloo" if offload else "nccl"
-
-
 def pick_device(name: str, local_rank: int) -> torch.device:
     """`auto` is this process's GPU (by LOCAL_RANK) when there is one, else the CPU."""
     if name == "auto":

@@ -38,7 +38,6 @@ from cramlm.models.registry import build_model
 from cramlm.train import autopilot
 from cramlm.train import checkpoint as ckpt
 from cramlm.train import cuda
-from cramlm.train import cuda
 from cramlm.train import preflight, sparsity
 from cramlm.train.budget import Budget
 from cramlm.train.logging import MetricsLog, ProgressLine
