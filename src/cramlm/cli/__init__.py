@@ -21,7 +21,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from cramlm.cli import cascade, demo, eval as eval_, export, plan, prepare, report, sweep, train
+    from cramlm.cli import cascade, demo, eval as eval_, export, generate, plan, prepare, report, sweep, train
 
     app.command("plan")(plan.command)
     app.command("prepare")(prepare.command)
@@ -38,6 +38,7 @@ def _register() -> None:
     )(finetune.command)
     app.add_typer(eval_.app, name="eval")
     app.command("export")(export.command)
+    app.command("generate")(generate.command)
     app.command("report")(report.command)
     app.command("demo")(demo.command)
     app.add_typer(cascade.app, name="cascade")

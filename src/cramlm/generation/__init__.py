@@ -6,10 +6,10 @@
     completion_text(tokenizer, prompts[0], new[0])
 """
 
-from cramlm.generation.engine import OnToken, generate
+from cramlm.generation.engine import OnToken, generate, generate_batches
 from cramlm.generation.loading import load_decoder, resolve_device
 from cramlm.generation.sampling import SamplingConfig
 from cramlm.generation.text import completion_text, cut_at_stop, encode_prompt
 
 __all__ = ["OnToken", "SamplingConfig", "completion_text", "cut_at_stop", "encode_prompt", "generate",
-           "load_decoder", "resolve_device"]
+           "generate_batches", "load_decoder", "resolve_device"]

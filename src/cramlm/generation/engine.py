@@ -6,7 +6,7 @@ results come back in the caller's order.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from tokenizers import Tokenizer
@@ -20,13 +20,25 @@ from cramlm.models.kv_cache import KVCache
 OnToken = Callable[[int, int], None]  # (prompt index, token id), for each token as it is generated
 
 
-@torch.no_grad()
 def generate(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig, *, eos_id: int | None, pad_id: int,
              on_token: OnToken | None = None, tokenizer: Tokenizer | None = None,
              batch_size: int = 16) -> list[list[int]]:
     """The new token ids of each prompt, stopped before `eos_id`, at `cfg.max_new_tokens`, or on the token that
     completes one of `cfg.stop_strings` in the decoded output (those need the `tokenizer`; the token is kept).
     A prompt longer than model.max_seq_len leaves room for is cut from the left (its latest tokens are kept)."""
+    out: list[list[int]] = [[] for _ in prompts]
+    for index, new in generate_batches(model, prompts, cfg, eos_id=eos_id, pad_id=pad_id, on_token=on_token,
+                                       tokenizer=tokenizer, batch_size=batch_size):
+        for i, tokens in zip(index, new):
+            out[i] = tokens
+    return out
+
+
+@torch.no_grad()
+def generate_batches(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig, *, eos_id: int | None,
+                     pad_id: int, on_token: OnToken | None = None, tokenizer: Tokenizer | None = None,
+                     batch_size: int = 16) -> Iterator[tuple[list[int], list[list[int]]]]:
+    """`generate` one batch at a time, as each finishes: (indices of its prompts, their new token ids)."""
     if not prompts:
         raise CramlmError("no prompts to generate from")
     if getattr(getattr(model, "cfg", None), "arch", None) != "decoder":
@@ -48,18 +60,15 @@ def generate(model: nn.Module, prompts: list[list[int]], cfg: SamplingConfig, *,
         raise CramlmError(f"max_new_tokens={cfg.max_new_tokens} exceeds model.max_seq_len="
                           f"{model.cfg.max_seq_len}: no room is left for a prompt")
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out: list[list[int]] = [[] for _ in prompts]
     training = model.training
     model.eval()
     try:
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
             rows = [prompts[i][-room:] for i in index]
-            for i, new in zip(index, _batch(model, rows, index, cfg, eos_id, pad_id, on_token, tokenizer)):
-                out[i] = new
+            yield index, _batch(model, rows, index, cfg, eos_id, pad_id, on_token, tokenizer)
     finally:
         model.train(training)
-    return out
 
 
 def _next_logits(model: nn.Module, ids: Tensor, mask: Tensor | None, cache: KVCache) -> Tensor:
