@@ -99,7 +99,7 @@ def test_mlm_batches(dataset_dir):
     b = loader.next_batch(64)
     k = round(0.25 * 32)
     assert b["input_ids"].shape == b["labels"].shape == (64, 32) and b["mask_positions"].shape == (64, k)
-    original = torch.from_numpy(ds.sequences("train")[loader._rank_order(0)[:64]].astype(np.int64))
+    original = torch.from_numpy(ds.sequences("train")[loader._epoch_order(0)[:64]].astype(np.int64))
     chosen = b["labels"] != IGNORE
     assert (chosen.sum(1) == k).all()
     assert torch.equal(b["labels"][chosen], original[chosen])
@@ -143,7 +143,7 @@ def test_ranks_do_not_overlap(dataset_dir):
     ds = Dataset(dataset_dir / "ds")
     n = len(ds.sequences("train"))
     loaders = [BatchLoader(ds, objective="causal", rank=r, world_size=3) for r in range(3)]
-    rows = [set(l._rank_order(0).tolist()) for l in loaders]
+    rows = [set(l._take(n // 3, 0, 0)[0].tolist()) for l in loaders]
     assert not rows[0] & rows[1] and not rows[1] & rows[2] and sum(map(len, rows)) == n - n % 3
 
 

@@ -226,12 +226,3 @@ def test_heldout_losses_are_on_fixed_positions(data_dir):
     expected = -log_p[labels[labels != -100].numpy()].mean()
     assert unigram_loss(ds, 0.15, n_batches=3, batch_size=4, seed=7) == pytest.approx(expected)
     assert expected < math.log(ds.vocab_size)
-
-
-def test_loader_position_moves_across_world_sizes():
-    state = {"epoch": 2, "cursor": 10, "batches": 7, "seed": 0, "rank": 0, "world_size": 2, "sequences": 100,
-             "split": "train"}
-    assert trainer_mod.reshard_loader_state(state, 0, 2) is state
-    one = trainer_mod.reshard_loader_state(state, 0, 1)
-    assert (one["cursor"], one["rank"], one["world_size"], one["epoch"]) == (20, 0, 1, 2)
-    assert trainer_mod.reshard_loader_state(state, 3, 4)["cursor"] == 5

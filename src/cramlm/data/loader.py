@@ -1,7 +1,10 @@
 """Batches for pretraining from a prepared dataset: memory-mapped reads, MLM masking or causal labels.
 
-Everything a batch depends on is (seed, rank, epoch, position, batch count), so `state_dict()` is a few integers
-and a resumed loader yields exactly the batches the uninterrupted one would have. With `prefetch`, a background
+The data is one endless stream of epochs, each a permutation of the split; a global micro-batch of n x world_size
+sequences is the next stretch of it, dealt round-robin to the ranks. Every random choice for a sequence (which
+positions are predicted, [MASK]/random/kept, the random token) is a function of (seed, epoch, index of the
+sequence in the split) alone (`sample_random`), so 1, 2 or N ranks, and a resume on another count, see identical
+samples, and `state_dict()` is two integers that any world size reads. With `prefetch`, a background
 thread builds the next batch (same size as the last) while the model computes; a different size or a restored
 state simply discards it. Masking is vectorized over the
 batch: a fixed k = round(mask_rate * seq_len) positions per sequence are predicted (static shapes for compiled
@@ -18,17 +21,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from cramlm.data.sample_random import random_words, sample_keys
 from cramlm.data.store import Dataset
 from cramlm.data.tokenizer import MASK_ID, SPECIAL_TOKENS, load_tokenizer, word_starts
 from cramlm.errors import CramlmError
 
 IGNORE = -100
 N_SPECIAL = len(SPECIAL_TOKENS)
+_P80, _P90 = np.uint32(0.8 * 2**32), np.uint32(0.9 * 2**32)  # a uniform uint32 below these: 80% and 90%
 
 
 class BatchLoader:
-    """Endless batches of `n` sequences, sharded by rank, in the dataset's `order`: shuffled per epoch by seed,
-    sorted by token frequency (Cramming), or as stored (`none`)."""
+    """Endless batches of `n` sequences for `rank` of `world_size`, in the dataset's `order`: shuffled per epoch
+    by seed, sorted by token frequency (Cramming), or as stored (`none`). Every rank must ask for the same n."""
 
     def __init__(
         self,
@@ -51,8 +56,7 @@ class BatchLoader:
         self.data = dataset.sequences(split)
         self.split, self.objective, self.seed, self.rank, self.world_size = split, objective, seed, rank, world_size
         self.seq_len, self.vocab_size = dataset.seq_len, dataset.vocab_size
-        self.per_rank = len(self.data) // world_size
-        if self.per_rank == 0:
+        if len(self.data) < world_size:
             raise CramlmError(
                 f"the {split} split has {len(self.data)} sequences: too few for {world_size} rank(s)"
             )
@@ -63,29 +67,29 @@ class BatchLoader:
             np.array(word_starts(load_tokenizer(dataset.tokenizer_path)), dtype=np.int64) if whole_word_mask else None
         )
         self.epoch = 0
-        self.cursor = 0  # position inside this rank's order for the current epoch
-        self.batches = 0
-        self._order: tuple[int, np.ndarray] | None = None
+        self.consumed = 0  # sequences of this epoch's order taken by all ranks together
+        self._orders: tuple[tuple[int, np.ndarray], ...] = ()  # the last two epochs' orders (replaced whole)
+        self._fixed: np.ndarray | None = None  # the order of every epoch when it is not shuffled
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="cramlm-prefetch") if prefetch else None
         self._ahead: tuple[tuple, Future] | None = None
 
     def __len__(self) -> int:
-        """Sequences per epoch seen by this rank."""
-        return self.per_rank
+        """Sequences per epoch (all ranks together)."""
+        return len(self.data)
 
-    def _rank_order(self, epoch: int) -> np.ndarray:
-        """This rank's rows for an epoch: every rank cuts the same permutation, so ranks never overlap."""
-        cached = self._order
-        if cached is None or cached[0] != epoch:
-            n = self.per_rank * self.world_size
-            if self.order == "shuffle":
-                order = np.random.default_rng([self.seed, epoch]).permutation(len(self.data))
-            elif self.order == "frequency":
-                order = self._frequency_order()
-            else:
-                order = np.arange(len(self.data))
-            cached = self._order = (epoch, order[:n][self.rank::self.world_size])
-        return cached[1]
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        """The rows of the split in the order an epoch reads them: the same on every rank and world size."""
+        if self.order != "shuffle":
+            if self._fixed is None:
+                self._fixed = self._frequency_order() if self.order == "frequency" else np.arange(len(self.data))
+            return self._fixed
+        cached = self._orders  # one read: the prefetch thread may replace it meanwhile
+        for known, order in cached:
+            if known == epoch:
+                return order
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.data))
+        self._orders = ((epoch, order), *cached[:1])
+        return order
 
     def _frequency_order(self) -> np.ndarray:
         """Cramming's ordering: sequences made of the most frequent tokens first (mean unigram log-probability
@@ -97,80 +101,99 @@ class BatchLoader:
                                  for i in range(0, len(self.data), step)])
         return np.argsort(-scores, kind="stable")
 
-    def _take(self, n: int, epoch: int, cursor: int) -> tuple[np.ndarray, int, int]:
-        """The n row indices of this rank from (epoch, cursor) on, rolling over epochs; and the position after."""
-        parts = []
-        while n:
-            order = self._rank_order(epoch)
-            got = order[cursor:cursor + n]
-            parts.append(got)
-            n -= len(got)
-            cursor += len(got)
-            if cursor == len(order):
-                epoch, cursor = epoch + 1, 0
-        return (parts[0] if len(parts) == 1 else np.concatenate(parts)), epoch, cursor
+    def _take(self, n: int, epoch: int, consumed: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+        """This rank's n sequences of the global micro-batch that starts at (epoch, consumed): their rows in the
+        split, the epoch of each (a batch may roll over), and the position after the whole global micro-batch."""
+        size = len(self.data)
+        at = consumed + self.rank + self.world_size * np.arange(n, dtype=np.int64)
+        epochs = epoch + at // size
+        at %= size
+        if epochs[0] == epochs[-1]:  # the usual case: no epoch boundary inside the batch
+            rows = self._epoch_order(int(epochs[0]))[at]
+        else:
+            rows = np.empty(n, dtype=np.int64)
+            for e in np.unique(epochs).tolist():
+                mine = epochs == e
+                rows[mine] = self._epoch_order(e)[at[mine]]
+        end = consumed + n * self.world_size
+        return rows, epochs, epoch + end // size, end % size
 
-    def _make(self, n: int, epoch: int, cursor: int, batches: int) -> tuple[dict[str, torch.Tensor], int, int]:
+    def _make(self, n: int, epoch: int, consumed: int) -> tuple[dict[str, torch.Tensor], int, int]:
         """A pure function of the position: the batch and the position after it."""
-        rows, epoch, cursor = self._take(n, epoch, cursor)
+        rows, epochs, epoch, consumed = self._take(n, epoch, consumed)
         ids = np.asarray(self.data[rows], dtype=np.int64)
         if self.objective == "causal":
             tensor = torch.from_numpy(ids)
-            return {"input_ids": tensor, "labels": tensor.clone()}, epoch, cursor
-        rng = np.random.default_rng([self.seed, self.rank, batches])
-        return {k: torch.from_numpy(v) for k, v in self.mask(ids, rng).items()}, epoch, cursor
+            return {"input_ids": tensor, "labels": tensor.clone()}, epoch, consumed
+        words = random_words(sample_keys(self.seed, epochs, rows), self.seq_len + 2 * self.k)
+        masked = mask_from_words(ids, words, self.k, self.vocab_size, self.word_start)
+        return {k: torch.from_numpy(v) for k, v in masked.items()}, epoch, consumed
 
     def next_batch(self, n_sequences: int) -> dict[str, torch.Tensor]:
         if n_sequences < 1:
             raise CramlmError(f"batch size must be at least 1, got {n_sequences}")
-        key = (n_sequences, self.epoch, self.cursor, self.batches)
+        key = (n_sequences, self.epoch, self.consumed)
         future, self._ahead = self._ahead, None
         if future is not None and future[0] == key:
-            batch, epoch, cursor = future[1].result()
+            batch, epoch, consumed = future[1].result()
         else:
-            batch, epoch, cursor = self._make(*key)
-        self.epoch, self.cursor, self.batches = epoch, cursor, self.batches + 1
+            batch, epoch, consumed = self._make(*key)
+        self.epoch, self.consumed = epoch, consumed
         if self._pool is not None:  # guess the next call asks for the same size (the trainer's usual case)
-            ahead = (n_sequences, self.epoch, self.cursor, self.batches)
+            ahead = (n_sequences, self.epoch, self.consumed)
             self._ahead = (ahead, self._pool.submit(self._make, *ahead))
         return batch
 
-    def mask(self, ids: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        return mlm_mask(ids, rng, self.k, self.vocab_size, self.word_start)
-
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "cursor": self.cursor, "batches": self.batches, "seed": self.seed,
-                "rank": self.rank, "world_size": self.world_size, "sequences": len(self.data), "split": self.split}
+        """The global position (the same on every rank): any rank of any world size resumes from it."""
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed, "sequences": len(self.data),
+                "split": self.split}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key in ("seed", "rank", "world_size", "sequences", "split"):
+        """Also reads the older per-rank form ({cursor, rank, world_size}: `cursor x world_size` consumed)."""
+        for key in ("seed", "sequences", "split"):
             mine = len(self.data) if key == "sequences" else getattr(self, key)
             if state.get(key, mine) != mine:
                 raise CramlmError(f"loader state is for {key}={state[key]}, this loader has {key}={mine}")
-        if not 0 <= state["cursor"] <= self.per_rank:
-            raise CramlmError(f"loader state cursor {state['cursor']} is outside this rank's {self.per_rank}")
-        self.epoch, self.cursor, self.batches = int(state["epoch"]), int(state["cursor"]), int(state["batches"])
+        consumed = state["consumed"] if "consumed" in state else state["cursor"] * state["world_size"]
+        if not 0 <= consumed <= len(self.data):
+            raise CramlmError(f"loader state position {consumed} is outside the {len(self.data)} sequences")
+        self.epoch, self.consumed = int(state["epoch"]), int(consumed)
 
 
 def mlm_mask(
     ids: np.ndarray, rng: np.random.Generator, k: int, vocab_size: int, word_start: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
-    """MLM-mask a (n, L) batch: k predicted positions per row, 80/10/10 (numpy: several times faster here)."""
+    """MLM-mask a (n, L) batch with draws from a stateful generator (batches that no other process redraws)."""
+    n, length = ids.shape
+    words = rng.integers(0, 1 << 32, (n, length + 2 * min(k, length)), dtype=np.uint32)
+    return mask_from_words(ids, words, k, vocab_size, word_start)
+
+
+def mask_from_words(
+    ids: np.ndarray, words: np.ndarray, k: int, vocab_size: int, word_start: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """MLM-mask a (n, L) batch: k predicted positions per row, 80/10/10 (numpy: several times faster here).
+
+    Row i's choices come from words[i] alone, (L + 2k) uniform uint32: L position scores (31 bits), then k rolls
+    for [MASK]/random/keep, then k draws of the random token.
+    """
     n, length = ids.shape
     k = min(k, length)
-    scores = rng.random((n, length), dtype=np.float32)
+    scores = words[:, :length] >> np.uint32(1)
     if word_start is not None:  # one score per word, shared by its pieces
         word = np.cumsum(word_start[ids], axis=1).clip(1, length) - 1
         scores = np.take_along_axis(scores, word, axis=1)
-    scores[ids < N_SPECIAL] = 2.0  # chosen last, only if a row has fewer than k ordinary tokens
+    scores[ids < N_SPECIAL] = 1 << 31  # above every score: chosen last, only if a row has < k ordinary tokens
     positions = np.sort(np.argpartition(scores, k - 1, axis=1)[:, :k], axis=1)
     targets = np.take_along_axis(ids, positions, axis=1)
     valid = targets >= N_SPECIAL
     labels = np.full_like(ids, IGNORE)
     np.put_along_axis(labels, positions, np.where(valid, targets, IGNORE), axis=1)
-    roll = rng.random((n, k), dtype=np.float32)
-    random_ids = rng.integers(N_SPECIAL, vocab_size, (n, k))
-    replaced = np.where(roll < 0.8, MASK_ID, np.where(roll < 0.9, random_ids, targets))
+    roll = words[:, length:length + k]
+    draw = words[:, length + k:length + 2 * k].astype(np.uint64)
+    random_ids = N_SPECIAL + (draw * np.uint64(vocab_size - N_SPECIAL) >> np.uint64(32)).astype(np.int64)
+    replaced = np.where(roll < _P80, MASK_ID, np.where(roll < _P90, random_ids, targets))
     input_ids = ids.copy()
     np.put_along_axis(input_ids, positions, np.where(valid, replaced, targets), axis=1)
     return {"input_ids": input_ids, "labels": labels, "mask_positions": positions}

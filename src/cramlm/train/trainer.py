@@ -533,7 +533,7 @@ class Trainer:
             torch.cuda.set_rng_state(extra["rng"]["cuda"], self.device)
         self.noise.load_state_dict(extra["noise"])
         self.window = {**meta["window"], **{k: v.to(self.device) for k, v in extra["window"].items()}}
-        self.loader.load_state_dict(reshard_loader_state(meta["loader"], self.strategy.rank, self.strategy.world_size))
+        self.loader.load_state_dict(meta["loader"])  # a global position: any world size continues it
         self.budget.load_state_dict(meta["budget"])
         self.guard = Guard(**meta["guard"])
         self.accum = meta["accum"]
@@ -682,18 +682,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     tmp.replace(path)
-
-
-def reshard_loader_state(state: dict[str, Any], rank: int, world_size: int) -> dict[str, Any]:
-    """Rank 0's saved loader position, re-expressed for `rank` of `world_size` (any world size resumes any run).
-
-    An epoch's order is one permutation dealt round-robin to the ranks, all of which consume equally, so the
-    sequences already consumed are the first `cursor x world_size` of it whatever the world size.
-    """
-    if (state["rank"], state["world_size"]) == (rank, world_size):
-        return state
-    consumed = state["cursor"] * state["world_size"]
-    return {**state, "rank": rank, "world_size": world_size, "cursor": consumed // world_size}
 
 
 def with_dataset_shape(cfg: RunConfig, dataset: Dataset) -> RunConfig:
