@@ -16,7 +16,7 @@ from rich.table import Table
 
 from cramlm.errors import CramlmError
 
-app = typer.Typer(help="Evaluate a trained model: GLUE, perplexity, LAMBADA, MLM loss, fill-mask.",
+app = typer.Typer(help="Evaluate a trained model: GLUE, perplexity, LAMBADA, MLM loss, fill-mask, ROUGE.",
                   no_args_is_help=True)
 
 RUN_DIR = typer.Argument(..., help="A run dir (from `cramlm train`) or an exported HF dir.")
@@ -152,3 +152,28 @@ def mlm(
 
     _show(evaluate_mlm(run_dir, text_file=text, data_dir=data, mask_rate=mask_rate, seed=seed,
                        progress=not as_json), as_json)
+
+
+@app.command("rouge")
+def rouge(
+    run_dir: Path = RUN_DIR,
+    data: Path = typer.Option(..., "--data", help="JSONL prompt/response pairs (as for `cramlm finetune`)."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Tokens written per prompt at most. "
+                                       "Default: 64."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score only the first N pairs. Default: all."),
+    lead_words: Optional[int] = typer.Option(None, "--lead-words", min=1, help="N of the lead-N-words baseline. "
+                                             "Default: the references' mean length in words."),
+    prompt_field: str = typer.Option("prompt", "--prompt-field", help="JSON field of the prompt. Default: prompt."),
+    response_field: str = typer.Option("response", "--response-field", help="JSON field of the reference. "
+                                       "Default: response."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Prompts generated together. Default: 16."),
+    as_json: bool = JSON,
+) -> None:
+    """ROUGE-1/2/L F1 of a decoder's greedy responses (`[SEP] prompt [SEP]`, stopped at [SEP]) against the
+    references, beside the lead-1 and lead-N-words baselines of the prompts (needs `pip install 'cramlm[rouge]'`)."""
+    from cramlm.eval.rouge import evaluate_rouge, rouge_table
+
+    result = evaluate_rouge(run_dir, data, max_new_tokens=max_new_tokens, limit=limit, prompt_field=prompt_field,
+                            response_field=response_field, lead_words=lead_words, batch_size=batch_size,
+                            progress=not as_json)
+    _show(result, as_json, rouge_table(result))
