@@ -23,6 +23,7 @@ from cramlm.train import preflight
 from cramlm.train.trainer import Trainer, _write_json
 
 META = "finetune.json"
+META_KEYS = ("data", "data_sha256", "prompt_field", "response_field", "val_fraction")  # what --resume reads
 LAYOUT = "[SEP] prompt [SEP] response [SEP]"
 # The train section of a fine-tune, under the user's overrides: a short run at a fixed batch and a modest LR,
 # warmed up briefly and decayed to zero (BERT's schedule), checkpointed and validated often.
@@ -129,13 +130,12 @@ def finetune(source: Path | None, data: Path | None, out_dir: Path, *, overrides
 
 def _read_meta(out_dir: Path) -> dict[str, Any]:
     try:
-        return json.loads((out_dir / META).read_text())
+        meta = json.loads((out_dir / META).read_text())
     except FileNotFoundError:
         raise CramlmError(f"{out_dir} is not a fine-tuned run (no {META}) to resume") from None
     except ValueError as e:
         raise CramlmError(f"{out_dir / META} is not valid JSON: {e}") from None
-
-
-def is_finetuned(run_dir: str | Path) -> bool:
-    """A run dir written by `finetune`: it expects prompts laid out as `prompt_ids` makes them."""
-    return (Path(run_dir) / META).is_file()
+    missing = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else list(META_KEYS)
+    if missing:
+        raise CramlmError(f"{out_dir / META} lacks {', '.join(missing)}: it was not written by `cramlm finetune`")
+    return meta
