@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-gpu clean
 
 install: $(VENV)/.installed
 
@@ -37,7 +37,15 @@ test: install
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) tests
 
 bench: install
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in $(filter-out benchmarks/gpu_check.py,$(wildcard benchmarks/*.py)); do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# The GPU check (docs/gpu_check.md): on a lent GPU machine, which has no network, from the checkout as it is.
+GPU_CHECK_OUT ?= runs/gpu-check
+PRETRAIN ?= ../shared/data/pretrain/enwiki_2015/enwiki_2015_00.txt.gz
+GLUE ?= ../shared/data/glue
+bench-gpu:
+	PYTHONPATH=src PYTHONUNBUFFERED=1 $(if $(wildcard $(PY)),$(PY),python3) benchmarks/gpu_check.py --device cuda \
+	  --out $(GPU_CHECK_OUT) --data $(PRETRAIN) --glue-dir $(GLUE)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -470,10 +470,13 @@ def crammed_section(check: Check, deadline: float) -> dict[str, Any]:
         with log.open("w") as f:
             proc = subprocess.run([sys.executable, "-m", "cramlm", *args], stdout=subprocess.PIPE, stderr=f,
                                   text=True, timeout=left, env=env)
+        with log.open("a") as f:  # the command's own output after its messages
+            f.write(proc.stdout)
         row = {"step": step, "rc": proc.returncode, "seconds": time.perf_counter() - t0, "log": str(log)}
         rows.append(row)
         if proc.returncode:
-            tail = log.read_text().strip().splitlines()[-1:] or ["(no output)"]
+            tail = [line for line in log.read_text().splitlines() if line.startswith("error")][-1:] \
+                or log.read_text().strip().splitlines()[-1:] or ["(no output)"]
             raise RuntimeError(f"cramlm {step} exited {proc.returncode}: {tail[0][:200]}")
         return proc
 
