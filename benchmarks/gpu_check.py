@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -73,7 +73,6 @@ class Check:
     peak: float = 0.0  # FLOP/s of the training dtype
     hw_name: str = ""
     backend: str = "inductor"
-    results: dict[str, Any] = field(default_factory=dict)
 
     def sync(self) -> None:
         if self.device.type == "cuda":
