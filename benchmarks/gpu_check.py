@@ -93,7 +93,7 @@ class Check:
     def micro(self, name: str, seq_len: int) -> int:
         """The micro-batch `cramlm plan` picks for the preset on this device (at seq 128), in sequences of
         `seq_len` holding the same tokens."""
-        hw = "cpu" if self.device.type == "cpu" else self.hw_name
+        hw = "cpu" if self.device.type == "cpu" else "auto"  # auto: this GPU, in the catalogue or measured
         picked = planner.plan(hw, hours=1.0, model=name)["autopilot"]["micro_batch_size"]
         micro = max(1, picked * 128 // seq_len)
         return min(micro, 8) if self.tiny else micro
