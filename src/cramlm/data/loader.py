@@ -101,21 +101,20 @@ class BatchLoader:
                                  for i in range(0, len(self.data), step)])
         return np.argsort(-scores, kind="stable")
 
-    def _take(self, n: int, epoch: int, consumed: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    def _take(self, n: int, epoch: int, consumed: int) -> tuple[np.ndarray, np.ndarray | int, int, int]:
         """This rank's n sequences of the global micro-batch that starts at (epoch, consumed): their rows in the
-        split, the epoch of each (a batch may roll over), and the position after the whole global micro-batch."""
-        size = len(self.data)
+        split, their epoch (one per row where the batch rolls over), and the position after the global batch."""
+        size, end = len(self.data), consumed + n * self.world_size
+        if end <= size:  # the usual case: no epoch boundary inside the batch
+            rows = self._epoch_order(epoch)[consumed + self.rank:end:self.world_size]
+            return rows, epoch, epoch + end // size, end % size
         at = consumed + self.rank + self.world_size * np.arange(n, dtype=np.int64)
         epochs = epoch + at // size
         at %= size
-        if epochs[0] == epochs[-1]:  # the usual case: no epoch boundary inside the batch
-            rows = self._epoch_order(int(epochs[0]))[at]
-        else:
-            rows = np.empty(n, dtype=np.int64)
-            for e in np.unique(epochs).tolist():
-                mine = epochs == e
-                rows[mine] = self._epoch_order(e)[at[mine]]
-        end = consumed + n * self.world_size
+        rows = np.empty(n, dtype=np.int64)
+        for e in np.unique(epochs).tolist():
+            mine = epochs == e
+            rows[mine] = self._epoch_order(e)[at[mine]]
         return rows, epochs, epoch + end // size, end % size
 
     def _make(self, n: int, epoch: int, consumed: int) -> tuple[dict[str, torch.Tensor], int, int]:
