@@ -27,7 +27,7 @@ RUN = ["--model", "tiny", "--recipe", "demo", "--budget", f"{STEPS}steps", "mode
        "budget.hardware=cpu", "train.device=cpu", "train.log_every=1", "train.val_batches=2",
        "train.checkpoint_every=4steps", "train.keep_checkpoints=2", "train.optimizer=adamw"]
 TOLERANCE = 1e-5  # float reduction order (the measured differences are in docs/distributed.md)
-# AdamW: Muon (what the autopilot may pick) orthogonalises in bf16, which turns reduction-order noise into
+# AdamW: Muon (train.optimizer=muon) orthogonalises in bf16, which turns reduction-order noise into
 # differences of ~1e-4 after 8 steps even between two micro-batch sizes in one process.
 
 
