@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	else \
 	  $(PIP) install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
 	fi
-	$(PIP) install -q -e ".[dev,hf]"
+	$(PIP) install -q -e ".[dev,hf,rouge]"
 	@# The [deepspeed] extra builds from source against the torch above: no build isolation (it would fetch another
 	@# torch), no prebuilt CUDA ops. Optional: without it the DeepSpeed test is skipped and says so.
 	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-pin.txt

@@ -102,9 +102,9 @@ def evaluate_rouge(model_dir: str | Path, data_file: str | Path, *, max_new_toke
 
     if max_new_tokens < 1:
         raise CramlmError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    scorer(use_stemmer)  # a missing package is reported before the model is loaded
     pairs = read_pairs(data_file, prompt_field, response_field)[:limit]
-    model, tokenizer = load_decoder(model_dir)
+    model, tokenizer = load_decoder(model_dir)  # an encoder run is refused here, whatever is installed
+    scorer(use_stemmer)  # a missing package is reported before any generation
     started = time.perf_counter()
     prompts, references = [p for p, _ in pairs], [r for _, r in pairs]
     with LoopProgress(Console(stderr=True), "rouge", enabled=progress) as bar:
