@@ -3,7 +3,7 @@ import random
 
 from rich.console import Console
 
-from cramlm.demo import run_demo
+from cramlm.demo import run_demo, verdict
 
 WORDS = ("the model reads a sentence and predicts each hidden word from the words around it while the budget "
          "clock runs down so every step must count and the data must be clean").split()
@@ -35,3 +35,10 @@ def test_demo_runs_every_stage_and_writes_a_run_dir(tmp_path):
     text = console.export_text()
     for shown in ["unigram baseline", "crammed encoder", "fill-mask"]:
         assert shown in text
+
+
+def test_the_verdict_says_worse_not_a_negative_margin():
+    assert verdict(0.1334) == "[green]beats[/] the unigram baseline by 0.133 nats"
+    assert verdict(-0.1334) == "[red]does not beat[/] the unigram baseline: 0.133 nats worse"
+    assert "-" not in verdict(-2.5) and "by" not in verdict(-2.5)
+    assert verdict(0.0) == "[red]does not beat[/] the unigram baseline: the same loss"

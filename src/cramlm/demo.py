@@ -97,9 +97,16 @@ def _print_scores(console: Console, r: DemoResult, summary: dict) -> None:
         f"trained {summary.get('steps', 0):,} steps on {summary.get('tokens', 0):,} tokens in "
         f"{summary.get('seconds', 0):.0f} s ({summary.get('tokens_per_second', 0):,.0f} tokens/s)"
     )
-    margin = r.unigram_loss - r.trained_loss
-    verdict = "[green]beats[/]" if margin > 0 else "[red]does not beat[/]"
-    console.print(f"the crammed encoder {verdict} the unigram baseline by {margin:.3f} nats; run dir: {r.run_dir}")
+    console.print(f"the crammed encoder {verdict(r.unigram_loss - r.trained_loss)}; run dir: {r.run_dir}")
+
+
+def verdict(margin: float) -> str:
+    """How the crammed encoder did against the unigram baseline, `margin` nats lower; the number is never negative."""
+    if margin > 0:
+        return f"[green]beats[/] the unigram baseline by {margin:.3f} nats"
+    if margin < 0:
+        return f"[red]does not beat[/] the unigram baseline: {-margin:.3f} nats worse"
+    return "[red]does not beat[/] the unigram baseline: the same loss"
 
 
 def _print_fill_mask(console: Console, model: torch.nn.Module, dataset: Dataset, n: int = 4) -> None:

@@ -245,7 +245,9 @@ def get(name: str) -> Hardware:
         variants = sorted(n for n in _catalogue if n.startswith(key + "-"))
         if len(variants) > 1:  # `a100` names two cards with different memory and prices
             raise CramlmError(f"hardware {name!r} is ambiguous: {' or '.join(variants)}")
-        raise CramlmError(f"unknown hardware {name!r} (known: {', '.join(sorted(_catalogue))}, cpu)")
+        aliases = ", ".join(f"{a} (= {n})" for a, n in ALIASES.items())
+        raise CramlmError(f"unknown hardware {name!r} (known: {', '.join(sorted(_catalogue))}, cpu; "
+                          f"aliases: {aliases}; case and separators do not matter)")
     return _catalogue[key]
 
 

@@ -8,6 +8,8 @@ import sys
 import click
 import typer
 
+from cramlm import __version__
+from cramlm.cli.help import Command, Group
 from cramlm.errors import CramlmError
 
 app = typer.Typer(
@@ -17,30 +19,41 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=Group,
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"cramlm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error (anywhere on the "
+                               "command line, or CRAMLM_DEBUG=1)."),
+) -> None:
+    """Options of every command; `main` acts on --debug before typer parses."""
+
+
 def _register() -> None:
-    from cramlm.cli import cascade, demo, eval as eval_, export, generate, plan, prepare, report, sweep, train
+    from cramlm.cli import (cascade, demo, eval as eval_, export, finetune, generate, plan, prepare, report, sweep,
+                            train)
 
-    app.command("plan")(plan.command)
-    app.command("prepare")(prepare.command)
-    app.command(
-        "train", context_settings={"allow_extra_args": True, "ignore_unknown_options": False}
-    )(train.command)
-    app.command(
-        "sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": False}
-    )(sweep.command)
-    from cramlm.cli import finetune
-
-    app.command(
-        "finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": False}
-    )(finetune.command)
+    overrides = {"allow_extra_args": True, "ignore_unknown_options": False}  # SECTION.KEY=VALUE arguments
+    app.command("plan", cls=Command)(plan.command)
+    app.command("prepare", cls=Command)(prepare.command)
+    app.command("train", cls=Command, context_settings=overrides)(train.command)
+    app.command("sweep", cls=Command, context_settings=overrides)(sweep.command)
+    app.command("finetune", cls=Command, context_settings=overrides)(finetune.command)
     app.add_typer(eval_.app, name="eval")
-    app.command("export")(export.command)
-    app.command("generate")(generate.command)
-    app.command("report")(report.command)
-    app.command("demo")(demo.command)
+    app.command("export", cls=Command)(export.command)
+    app.command("generate", cls=Command)(generate.command)
+    app.command("report", cls=Command)(report.command)
+    app.command("demo", cls=Command)(demo.command)
     app.add_typer(cascade.app, name="cascade")
 
 

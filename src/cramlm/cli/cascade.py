@@ -9,13 +9,14 @@ from typing import Optional
 import numpy as np
 import typer
 
+from cramlm.cli.help import Command, Group
 from cramlm.errors import CramlmError
 
 app = typer.Typer(help="Cascade inference: a cheap first stage answers what it is sure of, the transformer the rest.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, cls=Group)
 
 
-@app.command("fit")
+@app.command("fit", cls=Command)
 def fit(
     ft_dir: Path = typer.Argument(..., help="Fine-tuned classifier dir, e.g. RUN_DIR/finetuned/sst2 "
                                             "(kept by `cramlm eval glue`)."),
@@ -23,20 +24,21 @@ def fit(
                                                  "e.g. data/glue/SST-2."),
     out: Path = typer.Option(..., "--out", help="Directory to write the cascade to."),
     max_drop: float = typer.Option(0.5, "--max-drop", min=0.0,
-                                   help="Largest dev accuracy loss allowed vs the transformer alone, in points."),
+                                   help="Largest dev accuracy loss allowed vs the transformer alone, in points. "
+                                        "Default: 0.5."),
     rules: Optional[Path] = typer.Option(None, "--rules", help="YAML list of {pattern: REGEX, label: LABEL} "
-                                                               "tried before the linear stage (default: none)."),
-    linear: bool = typer.Option(True, "--linear/--no-linear", help="Use the hashed n-gram linear stage."),
+                                                               "tried before the linear stage. Default: none."),
+    linear: bool = typer.Option(True, "--linear/--no-linear", help="Use the hashed n-gram linear stage. Default: on."),
     max_train_examples: Optional[int] = typer.Option(None, "--max-train-examples", min=1,
                                                      help="Train the linear stage on the first N examples "
-                                                          "(default: all)."),
+                                                          "Default: all."),
     small: Optional[Path] = typer.Option(None, "--small",
                                          help="A smaller fine-tuned classifier of the same task, tried after the "
                                               "linear stage (e.g. SMALL_RUN/finetuned/sst2, from `cramlm cascade "
-                                              "shrink` + `cramlm eval glue`; default: none)."),
+                                              "shrink` + `cramlm eval glue`). Default: none."),
     hash_bits: int = typer.Option(19, "--hash-bits", min=8, max=24,
-                                  help="Hashed features per n-gram kind (word, char) = 2**bits (default 19: "
-                                       "4 MB of weights per label column)."),
+                                  help="Hashed features per n-gram kind (word, char) = 2**bits. Default: 19 "
+                                       "(4 MB of weights per label column)."),
 ) -> None:
     """Train the first stages, calibrate their thresholds on the dev split, write the cascade."""
     from cramlm.cascade.fit import fit_cascade
@@ -50,7 +52,7 @@ def fit(
     typer.echo(f"cascade written to {out}")
 
 
-@app.command("shrink")
+@app.command("shrink", cls=Command)
 def shrink(
     run_dir: Path = typer.Argument(..., help="Pretrained run dir (from `cramlm train`) to take the layers from."),
     layers: int = typer.Option(..., "--layers", min=1, help="Keep the first N transformer layers (N below the "
@@ -64,13 +66,15 @@ def shrink(
                f"then pass {out}/finetuned/TASK to `cramlm cascade fit --small`")
 
 
-@app.command("predict")
+@app.command("predict", cls=Command)
 def predict(
     cascade_dir: Path = typer.Argument(..., help="Cascade dir written by `cramlm cascade fit`."),
-    input: str = typer.Option("-", "--input", "-i", help="TSV (with header), JSONL or plain lines; - reads stdin."),
-    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Inputs per batch (default 256)."),
+    input: str = typer.Option("-", "--input", "-i", help="TSV (with header), JSONL or plain lines; - reads "
+                                      "stdin. Default: -."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Inputs per batch. Default: 256."),
     max_chars: int = typer.Option(10_000, "--max-chars", min=1,
-                                  help="Longer texts are truncated to this many characters and counted."),
+                                  help="Longer texts are truncated to this many characters and counted. "
+                                       "Default: 10000."),
     transformer: Optional[Path] = typer.Option(None, "--transformer",
                                                help="Fine-tuned classifier dir to use instead of the one the "
                                                     "cascade names."),
@@ -110,7 +114,7 @@ def predict(
     print("; ".join(parts), file=sys.stderr)
 
 
-@app.command("report")
+@app.command("report", cls=Command)
 def report(
     cascade_dir: Path = typer.Argument(..., help="Cascade dir written by `cramlm cascade fit`."),
     out: Path = typer.Option(..., "--out", help="curve.png / .svg / .pdf, or curve.html (plot + figures)."),

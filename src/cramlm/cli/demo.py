@@ -10,8 +10,10 @@ from cramlm.errors import CramlmError
 
 
 def command(
-    budget: str = typer.Option("4m", "--budget", "-b", help="Training budget: wall-clock (4m), or e.g. 200steps."),
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for the dataset and the run dir."),
+    budget: str = typer.Option("4m", "--budget", "-b",
+                               help="Training budget: wall-clock (4m), or e.g. 200steps. Default: 4m."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o",
+                             help="Folder for the dataset and the run dir. Default: runs/demo."),
     overrides: list[str] = typer.Argument(None, metavar="[SECTION.KEY=VALUE]...",
                                           help="Config overrides on top of the demo recipe, e.g. train.lr=2e-3."),
 ) -> None:

@@ -14,10 +14,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cramlm.cli.help import Command, Group
 from cramlm.errors import CramlmError
 
 app = typer.Typer(help="Evaluate a trained model: GLUE, perplexity, LAMBADA, MLM loss, fill-mask, ROUGE.",
-                  no_args_is_help=True)
+                  no_args_is_help=True, cls=Group)
 
 RUN_DIR = typer.Argument(..., help="A run dir (from `cramlm train`) or an exported HF dir.")
 JSON = typer.Option(False, "--json", help="Print the result as JSON (the content of its results file).")
@@ -49,7 +50,7 @@ def _show(result, as_json: bool, table: Table | None = None) -> None:
     console.print(f"written: {result.path(result.model)} ({result.runtime_s:.0f}s)")
 
 
-@app.command("glue")
+@app.command("glue", cls=Command)
 def glue(
     run_dir: Path = RUN_DIR,
     glue_dir: Path = typer.Option(..., "--glue-dir", help="GLUE data: DIR/<TASK>/train.tsv, dev.tsv (the "
@@ -65,7 +66,7 @@ def glue(
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate. Default: eval.lr (4e-5)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Examples per step. Default: "
                                              "eval.batch_size (16)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per task."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar per task. Default: on."),
     as_json: bool = JSON,
 ) -> None:
     """Fine-tune on GLUE tasks under the Cramming protocol and score the dev sets."""
@@ -78,15 +79,15 @@ def glue(
     _show(result, as_json, glue_table(result))
 
 
-@app.command("ppl")
+@app.command("ppl", cls=Command)
 def ppl(
     run_dir: Path = RUN_DIR,
     text: Path = typer.Option(..., "--text", help="UTF-8 text file to score (e.g. wikitext-2-raw/test.txt)."),
     stride: Optional[int] = typer.Option(None, "--stride", min=1, help="Causal models only: tokens each window "
                                          "advances, below the window (e.g. 64 for a 128-token model); smaller = "
                                          "more context per token, slower. Default: half the window."),
-    window: Optional[int] = typer.Option(None, "--window", min=2, help="Tokens per window. Default and maximum: "
-                                         "model.max_seq_len."),
+    window: Optional[int] = typer.Option(None, "--window", min=2, help="Tokens per window, at most model.max_seq_len. "
+                                         "Default: model.max_seq_len."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Score only the first N tokens "
                                              "(pseudo-perplexity of encoders costs one forward pass per token; a "
                                              "long one prints its time estimate first). Default: all."),
@@ -102,7 +103,7 @@ def ppl(
                        progress=not as_json), as_json)
 
 
-@app.command("lambada")
+@app.command("lambada", cls=Command)
 def lambada(
     run_dir: Path = RUN_DIR,
     data: Path = typer.Option(..., "--data", help="lambada_test.jsonl ({\"text\": ...} per line) or a text file "
@@ -120,7 +121,7 @@ def lambada(
     _show(evaluate_lambada(run_dir, data, limit=limit, unigram_data=unigram, progress=not as_json), as_json)
 
 
-@app.command("fill-mask")
+@app.command("fill-mask", cls=Command)
 def fill_mask(
     run_dir: Path = RUN_DIR,
     text: str = typer.Argument(..., help="Text with one or more [MASK], e.g. 'Paris is the [MASK] of France.'"),
@@ -135,7 +136,7 @@ def fill_mask(
         print(f"[MASK] {i}: " + "  ".join(f"{token} {p:.3f}" for token, p in options))
 
 
-@app.command("mlm")
+@app.command("mlm", cls=Command)
 def mlm(
     run_dir: Path = RUN_DIR,
     text: Optional[Path] = typer.Option(None, "--text", help="UTF-8 text file, packed into rows of data.seq_len "
@@ -154,7 +155,7 @@ def mlm(
                        progress=not as_json), as_json)
 
 
-@app.command("rouge")
+@app.command("rouge", cls=Command)
 def rouge(
     run_dir: Path = RUN_DIR,
     data: Path = typer.Option(..., "--data", help="JSONL prompt/response pairs (as for `cramlm finetune`)."),

@@ -58,14 +58,14 @@ def command(
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Prompts, one per line; a .jsonl file holds "
                                         "one JSON object per line (see --field)."),
     field: Optional[str] = typer.Option(None, "--field", help="The JSON field holding the prompt (makes --file "
-                                        "and stdin JSON lines). Default for .jsonl files: prompt."),
+                                        "and stdin JSON lines). Default: prompt for a .jsonl file, none otherwise."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", help="New tokens per prompt at most. "
                                        "Default: 64."),
-    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy (default); higher samples "
-                                      "more freely."),
-    top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens only; 0 = all (default)."),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy; higher samples more freely. "
+                                      "Default: 0."),
+    top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens only; 0 = all. Default: 0."),
     top_p: float = typer.Option(1.0, "--top-p", help="Sample within the smallest set of tokens holding this "
-                                "probability mass; 1 = all (default)."),
+                                "probability mass; 1 = all. Default: 1."),
     repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="> 1 discourages tokens already "
                                              "in the prompt or output. Default: 1 (none)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed; a prompt's sample depends on it alone, not on the "

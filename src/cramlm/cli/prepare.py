@@ -26,31 +26,32 @@ def command(
     ),
     documents: Optional[str] = typer.Option(
         None, "--documents", help="How plain text becomes documents: paragraphs (blank-line separated), lines, "
-        "file (one per file) or auto (default: lines for a file without blank lines, else paragraphs).",
+        "file (one per file) or auto (lines for a file without blank lines, else paragraphs). Default: auto.",
     ),
     tokenizer: Optional[str] = typer.Option(
-        None, "--tokenizer", help="Tokenizer to train: wordpiece (default), bpe (byte-level) or unigram."
+        None, "--tokenizer", help="Tokenizer to train: wordpiece, bpe (byte-level) or unigram. Default: wordpiece."
     ),
     tokenizer_file: Optional[Path] = typer.Option(
         None, "--tokenizer-file", help="Reuse this tokenizer.json instead of training one."
     ),
-    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Vocabulary size in tokens. Default 32768."),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per packed sequence. Default 128."),
-    workers: int = typer.Option(0, "--workers", "-w", help="Tokenizer processes; 0 = in-process (HF threads)."),
+    vocab_size: Optional[int] = typer.Option(None, "--vocab-size", help="Vocabulary size in tokens. Default: 32768."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Tokens per packed sequence. Default: 128."),
+    workers: int = typer.Option(0, "--workers", "-w",
+                                help="Tokenizer processes; 0 = in-process (HF threads). Default: 0."),
     val_fraction: Optional[float] = typer.Option(
-        None, "--val-fraction", help="Fraction of documents held out for validation. Default 0.01."
+        None, "--val-fraction", help="Fraction of documents held out for validation. Default: 0.01."
     ),
     text_field: Optional[str] = typer.Option(
-        None, "--text-field", help="JSON/JSONL/parquet field with the text. Default text."
+        None, "--text-field", help="JSON/JSONL/parquet field with the text. Default: text."
     ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file with a data: section."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Take the data section of this recipe preset."),
     prune: Optional[str] = typer.Option(
         None, "--prune", help="Prune documents by difficulty: cluster (distance to the nearest k-means centroid), "
-        "proxy (masked-LM loss of a tiny model trained briefly on a sample) or none (default).",
+        "proxy (masked-LM loss of a tiny model trained briefly on a sample) or none. Default: none.",
     ),
     prune_keep: Optional[float] = typer.Option(
-        None, "--prune-keep", help="Fraction of documents pruning keeps (the hardest ones). Default 0.7."
+        None, "--prune-keep", help="Fraction of documents pruning keeps (the hardest ones). Default: 0.7."
     ),
     shard: Optional[str] = typer.Option(
         None, "--shard", help="I/N: tokenize only part I of N (0-based) for `--merge` later; needs --tokenizer-file."

@@ -35,7 +35,7 @@ def command(
     target_depth: Optional[int] = typer.Option(None, "--target-depth", help="Depth of the target model. "
                                                "Default: --depth."),
     coord_check: bool = typer.Option(False, "--coord-check", help="Instead of a sweep: mean |activation| per "
-                                     "layer at --widths (default 64..1024) after a few Adam steps, standard vs "
+                                     "layer at --widths (64..1024 unless given) after a few Adam steps, standard vs "
                                      "muP; writes coord_check.json and .png in --out."),
 ) -> None:
     """Run a learning-rate grid at narrow widths; print the table and the best LR per width; write a recipe for

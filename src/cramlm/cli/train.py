@@ -66,7 +66,7 @@ def command(
         "--budget and train.*/budget.* overrides apply on top)."),
     nproc: int = typer.Option(
         1, "--nproc", min=1, help="Processes (one per GPU) on this machine; above 1 the command re-runs itself "
-        "under torchrun with train.strategy (auto = DDP). Default 1. Several machines: see docs/distributed.md.",
+        "under torchrun with train.strategy (auto = DDP). Default: 1. Several machines: see docs/distributed.md.",
     ),
 ) -> None:
     """Pretrain under a budget; the run dir gets config.yaml, metrics.jsonl, checkpoints and final/. Stopped by
