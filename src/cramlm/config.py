@@ -281,7 +281,8 @@ def load_preset(kind: Literal["model", "recipe"], name: str) -> dict[str, Any]:
         family = " or a family member such as encoder-4x256 (see docs/train.md)" if kind == "model" else ""
         names = list_presets(kind)
         aliases = [f"{a} (= {n})" for a, n in PRESET_ALIASES.items() if n in names]
-        raise CramlmError(f"unknown {kind} preset {name!r} (available: {', '.join(list_presets(kind))}{family})")
+        family = " or a family member such as encoder-4x256 (see docs/train.md)" if kind == "model" else ""
+        raise CramlmError(f"unknown {kind} preset {name!r} (available: {', '.join(names + aliases)}{family})")
     data = _read_yaml(path)
     return {"model": data} if kind == "model" else data
 
