@@ -278,7 +278,6 @@ def load_preset(kind: Literal["model", "recipe"], name: str) -> dict[str, Any]:
             return {"model": shape.model_section()}
     path = presets_dir() / kind / f"{name}.yaml"
     if not path.is_file():
-        family = " or a family member such as encoder-4x256 (see docs/train.md)" if kind == "model" else ""
         names = list_presets(kind)
         aliases = [f"{a} (= {n})" for a, n in PRESET_ALIASES.items() if n in names]
         family = " or a family member such as encoder-4x256 (see docs/train.md)" if kind == "model" else ""
