@@ -91,7 +91,7 @@ def command(
     ids = [encode_prompt(tokenizer, t) for t in texts]
     room = model.cfg.max_seq_len - max_new_tokens + 1
     cut = sum(len(p) > room for p in ids)
-    if cut:
+    if cut and room > 0:  # no room at all is the engine's one-line error
         print(f"note: {cut} prompt(s) longer than {room} tokens (model.max_seq_len {model.cfg.max_seq_len} - "
               f"--max-new-tokens + 1) keep their last {room} tokens", file=sys.stderr)
     stream = Streamer(tokenizer, ids[0][-room:], cfg.stop_strings) \
