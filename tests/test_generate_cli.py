@@ -150,3 +150,5 @@ def test_encoder_and_empty_prompt_lists_are_refused_in_one_line(run, cli, tmp_pa
     assert code == 2 and "top_p" in err
     code, _, err = cli("generate", run[0], "x", "-n", "49")
     assert code == 2 and "max_seq_len=48" in err
+    code, _, err = cli("generate", run[0], "the quick brown fox jumps", "-n", "64")  # no note of -15 tokens
+    assert code == 2 and err.strip().splitlines() == [err.strip()] and "note" not in err
