@@ -11,7 +11,7 @@ Per budget M minutes (RUN is a dir under `--work`/runs):
 
     (a) cramlm train DATA --budget Mm --out RUN [--objective causal]
     (b) cramlm train DATA --budget Mm --out RUN --model A train.batch_size=8192 train.lr=0.001
-          train.micro_batch_size=128 (Cramming's published numbers)
+          train.micro_batch_size=128 train.optimizer=adamw (Cramming's published numbers)
     (c) cramlm train DATA --budget Mm --out RUN --model A train.batch_size=B train.lr=LR
           B x LR in {32, 128, 512} x {3e-4, 1e-3, 3e-3}, plus the family members next to A at (a)'s batch and LR;
           `--grid reduced`: only the 3-minute optimum and its 4 neighbours (one rung of batch x4 or LR ~x3 either way);
@@ -52,7 +52,8 @@ from cramlm.eval.heldout import _val_batches, heldout_loss, unigram_loss
 from cramlm.train.checkpoint import load_model
 
 CRAMLM = Path(sys.executable).with_name("cramlm")
-CRAMMED = {"batch": 8192, "lr": 1e-3, "extra": ("train.micro_batch_size=128",)}  # Cramming's published numbers
+CRAMMED = {"batch": 8192, "lr": 1e-3,  # Cramming's published numbers, with its AdamW
+           "extra": ("train.micro_batch_size=128", "train.optimizer=adamw")}
 BATCHES, LRS = (8, 32, 128, 512, 2048), (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # the full grid is the middle three
 HF = {"batch": 64, "lr": 5e-4, "probe_steps": 8}
 ARMS = {"a": "autopilot", "b": "crammed recipe, (a)'s model", "d": "HF Trainer + BertForMaskedLM"}

@@ -48,7 +48,7 @@ def main() -> None:
     root = None
     rows = []
     for name, (strategy, reshard) in RUNS.items():
-        cfg = TrainConfig(device="cpu", strategy=strategy, tp_size=2 if strategy == "tp" else 1,
+        cfg = TrainConfig(device="cpu", strategy=strategy, tp_size=2 if strategy == "tp" else 1, optimizer="adamw",
                           fsdp={"reshard_after_forward": reshard, "mixed_precision": False})
         d = Distributed.from_env(cfg)
         if root is None:

@@ -54,7 +54,8 @@ def main() -> None:
     seq = mcfg.max_seq_len
     rows = []
     for name, (strategy, reshard) in RUNS.items():
-        cfg = TrainConfig(device="cpu", strategy=strategy, fsdp={"reshard_after_forward": reshard})
+        cfg = TrainConfig(device="cpu", strategy=strategy, fsdp={"reshard_after_forward": reshard},
+                          optimizer="adamw")  # Adam's state under every strategy
         d = Distributed.from_env(cfg)
         torch.manual_seed(0)
         model = d.wrap(build_model(mcfg))

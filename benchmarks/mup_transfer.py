@@ -5,8 +5,8 @@ parametrization? And what does tuning on a narrow proxy buy against a full grid 
         [--lr 1.25e-3..2e-2] [--trials 5] [--budget 300000tokens] [--depth 2] [--work DIR]
         [SECTION.KEY=VALUE ...]
 
-One `cramlm sweep DATA --parametrization both` over every width and LR (equal tokens per trial, depth fixed;
-resumable), then from its sweep.json:
+One `cramlm sweep DATA --parametrization both train.optimizer=adamw` over every width and LR (equal tokens per
+trial, depth fixed; resumable; an override `train.optimizer=muon` sweeps Muon), then from its sweep.json:
 - transfer: the best LR per width under each parametrization, and how far it moves from the narrowest to the
   widest width;
 - payoff: the best muP LR at the proxy width, applied at the widest width (read from the same grid: the trial is
@@ -41,7 +41,7 @@ def main() -> None:
     sweep_dir = args.work / "sweep"
     cmd = [str(CRAMLM), "sweep", str(args.data), "--budget", args.budget, "--widths", ",".join(map(str, args.widths)),
            "--lr", args.lr, "--trials", str(args.trials), "--depth", str(args.depth), "--parametrization", "both",
-           "--out", str(sweep_dir), *args.overrides]
+           "--out", str(sweep_dir), "train.optimizer=adamw", *args.overrides]  # the published grid: AdamW
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 

@@ -202,7 +202,7 @@ def test_planner_bytes_per_parameter_match_what_training_allocates():
     from cramlm.train.optim import build_optimizer
 
     model = build_model(ModelConfig(n_layers=2, d_model=32, n_heads=2, d_ff=64, vocab_size=64, max_seq_len=16))
-    optimizer = build_optimizer(model, TrainConfig(lr=1e-3))
+    optimizer = build_optimizer(model, TrainConfig(lr=1e-3, optimizer="adamw"))  # the planner counts Adam
     ids = torch.randint(5, 64, (2, 16))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(ids, labels=ids).loss

@@ -42,7 +42,7 @@ def model_config() -> ModelConfig:
 
 def train_config(strategy: str = "single", reshard: bool = True) -> TrainConfig:
     return TrainConfig(lr=1e-2, eps=1e-8, weight_decay=0.01, grad_clip=0.5, device="cpu", strategy=strategy,
-                       tp_size=2 if "tp" in strategy else 1,
+                       tp_size=2 if "tp" in strategy else 1, optimizer="adamw",  # the same optimizer everywhere
                        fsdp={"reshard_after_forward": reshard, "mixed_precision": False})
 
 

@@ -57,12 +57,48 @@ def test_batch_target_grows_with_the_budget_and_stays_bounded():
     assert autopilot.choose_batch(1e9, 32, 512, "linear", 0.6) == 512  # the recipe's maximum
 
 
-def test_lr_follows_batch_and_width():
-    assert autopilot.choose_lr(8192, 768) == pytest.approx(1e-3, rel=0.01)  # Cramming's published peak
-    assert autopilot.choose_lr(32, 256) < autopilot.choose_lr(128, 256) < autopilot.choose_lr(8192, 256)
-    assert autopilot.choose_lr(128, 1024) < autopilot.choose_lr(128, 512) < autopilot.choose_lr(128, 128)
-    assert autopilot.choose_lr(1 << 20, 768) <= autopilot.LR_CEILING  # sqrt scaling saturates
-    assert autopilot.choose_lr(128, 512) / autopilot.choose_lr(32, 512) < 2  # at most sqrt(4)
+def test_lr_follows_batch_width_and_optimizer():
+    def lr(batch, width, optimizer="adamw"):
+        return autopilot.choose_lr(batch, width, optimizer)
+    assert lr(8192, 768) == pytest.approx(1e-3, rel=0.01)  # Cramming's published peak (AdamW)
+    assert lr(32, 256) < lr(128, 256) < lr(8192, 256)
+    assert lr(128, 1024) < lr(128, 512) < lr(128, 128)
+    assert lr(1 << 20, 768) <= autopilot.LR_CEILING  # sqrt scaling saturates
+    assert lr(128, 512) / lr(32, 512) < 2  # at most sqrt(4)
+    assert lr(128, 512, "muon") == autopilot.MUON_LR_FACTOR * lr(128, 512) == 2 * lr(128, 512)
+
+
+@pytest.mark.parametrize("strategy,expected", [("single", "muon"), ("ddp", "muon"), ("zero1", "adamw"),
+                                               ("fsdp", "adamw"), ("tp", "adamw"), ("fsdp+tp", "adamw"),
+                                               ("deepspeed", "adamw")])
+def test_auto_optimizer_is_muon_where_the_strategy_keeps_whole_matrices(strategy, expected):
+    d = decide_cpu("10m", strategy=strategy)
+    adamw = decide_cpu("10m", "train.optimizer=adamw", strategy=strategy)
+    assert d.optimizer == expected and adamw.optimizer == "adamw"
+    assert (d.model, d.batch_size) == (adamw.model, adamw.batch_size)  # the optimizer changes the LR only
+    assert d.lr == pytest.approx(adamw.lr * (autopilot.MUON_LR_FACTOR if expected == "muon" else 1.0))
+    assert ("Muon, peak LR" if expected == "muon" else "AdamW, peak LR") in d.line()
+    cfg = autopilot.apply(crammed("budget.limit=10m"), d)
+    assert cfg.train.optimizer == expected and cfg.train.lr == d.lr
+
+
+def test_an_explicit_optimizer_and_lr_are_kept():
+    muon = decide_cpu("10m", "train.optimizer=muon", strategy="single")
+    adamw = decide_cpu("10m", "train.optimizer=adamw", strategy="single")
+    assert (muon.optimizer, adamw.optimizer) == ("muon", "adamw")
+    assert muon.lr == pytest.approx(autopilot.MUON_LR_FACTOR * adamw.lr)  # the rule's LR for Muon
+    given = decide_cpu("10m", "train.optimizer=muon", "train.lr=5e-4")
+    assert given.lr == 5e-4  # a given LR is never scaled
+    cfg = autopilot.apply(crammed("budget.limit=10m", "train.optimizer=adamw"), muon)
+    assert cfg.train.optimizer == "adamw"  # apply fills `auto` only
+
+
+def test_a_decision_recorded_before_the_optimizer_field_loads_as_adamw():
+    data = decide_cpu("10m").to_dict()
+    del data["optimizer"]
+    old = autopilot.from_dict(data)
+    assert old.optimizer == "adamw" and "AdamW, peak LR" in old.line()
+    assert autopilot.apply(crammed("budget.limit=10m"), old).train.optimizer == "adamw"
 
 
 def test_cpu_decisions_are_monotone_in_the_budget():
@@ -80,14 +116,17 @@ def test_cpu_decisions_are_monotone_in_the_budget():
 
 
 def test_cramming_gpu_day_stays_the_published_recipe():
-    """One GPU-day on Cramming's card: a ~110-120M encoder, the batch ramped to 8192, peak LR ~1e-3."""
+    """One GPU-day on Cramming's card: a ~110-120M encoder, the batch ramped to 8192, peak LR ~1e-3 with AdamW
+    (Cramming's optimizer), twice that with Muon (the one-device default)."""
     hw = hardware.get("rtx2080ti")
-    cfg = resolve_config(model="bert-crammed", recipe="crammed", overrides=["budget.limit=24h"])
-    d = autopilot.decide(cfg, choose_model=True, device=torch.device("cuda"), dtype=torch.float16,
-                         peak_flops=hw.peak("fp16"), usd_per_device_hour=hw.usd_per_hour)
-    assert d.model == "encoder-16x768" and 100e6 <= d.params <= 125e6
-    assert d.batch_size == 8192 and d.micro_batch_size == 128
-    assert d.lr == pytest.approx(1e-3, rel=0.05)
+    for optimizer, lr in (("adamw", 1e-3), ("auto", 2e-3)):
+        cfg = resolve_config(model="bert-crammed", recipe="crammed",
+                             overrides=["budget.limit=24h", f"train.optimizer={optimizer}"])
+        d = autopilot.decide(cfg, choose_model=True, device=torch.device("cuda"), dtype=torch.float16,
+                             peak_flops=hw.peak("fp16"), usd_per_device_hour=hw.usd_per_hour)
+        assert d.model == "encoder-16x768" and 100e6 <= d.params <= 125e6
+        assert d.batch_size == 8192 and d.micro_batch_size == 128
+        assert d.lr == pytest.approx(lr, rel=0.05)
 
 
 def test_explicit_values_win_and_work_budgets_need_no_timing():
@@ -192,3 +231,48 @@ def test_a_model_that_cannot_fit_one_sequence_is_refused():
     d = autopilot.decide(cfg, choose_model=False, device=torch.device("cuda"), dtype=torch.bfloat16,
                          peak_flops=1e14, memory_gb=40.0)
     assert 1 <= d.micro_batch_size < 128  # halved until it fits
+
+
+TINY = ["budget.hardware=cpu", "train.val_batches=2", "train.log_every=1", "train.checkpoint_every=4steps",
+        "model.n_layers=1", "model.d_model=32", "model.n_heads=2", "model.d_ff=64"]
+
+
+def tiny(*overrides):
+    return resolve_config(model="tiny", recipe="crammed", overrides=[*TINY, *overrides])
+
+
+class Named(trainer_mod.Strategy):
+    """One process that reports another strategy's name: what `auto` resolves to under it."""
+
+    def __init__(self, name):
+        super().__init__(CPU)
+        self.name = name
+
+
+def test_the_muon_lr_factor_applies_once_per_step(data_dir, tmp_path):
+    from cramlm.train.optim import MuonWithAdamW
+
+    assert isinstance(trainer_mod.Trainer(tiny("budget.limit=4steps"), data_dir, tmp_path / "t", progress=False)
+                      .optimizer, MuonWithAdamW)  # auto on one device
+    lrs = {}
+    for optimizer in ("muon", "adamw"):
+        res = train(tiny("budget.limit=6steps", f"train.optimizer={optimizer}"), data_dir, tmp_path / optimizer,
+                    progress=False)
+        assert res["autopilot"]["optimizer"] == optimizer
+        lrs[optimizer] = [r["lr"] for r in read_metrics(tmp_path / optimizer) if "loss" in r]
+    assert len(lrs["muon"]) == len(lrs["adamw"]) == 6
+    assert lrs["muon"] == pytest.approx([autopilot.MUON_LR_FACTOR * lr for lr in lrs["adamw"]])
+
+
+def test_a_resumed_run_keeps_the_optimizer_it_recorded(data_dir, tmp_path):
+    sharded = tmp_path / "zero1"  # auto under a strategy that shards matrices: AdamW, recorded
+    assert train(tiny("budget.limit=4steps"), data_dir, sharded, progress=False,
+                 strategy=Named("zero1"))["autopilot"]["optimizer"] == "adamw"
+    resumed = trainer_mod.Trainer(tiny("budget.limit=4steps"), data_dir, sharded, progress=False, resume=True)
+    assert resumed.decision.optimizer == "adamw" and type(resumed.optimizer) is torch.optim.AdamW
+
+    one = tmp_path / "one"  # auto on one device: Muon, which FSDP cannot resume
+    assert train(tiny("budget.limit=4steps"), data_dir, one, progress=False)["autopilot"]["optimizer"] == "muon"
+    with pytest.raises(CramlmError, match="muon.*fsdp shards.*resume it as one process"):
+        trainer_mod.Trainer(tiny("budget.limit=4steps"), data_dir, one, progress=False, resume=True,
+                            strategy=Named("fsdp"))

@@ -163,8 +163,9 @@ class TrainConfig(Section):
     lr: Union[Annotated[float, Field(gt=0)], Literal["auto"]] = Field(
         "auto", description="peak learning rate; auto = from the batch and the model width")
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
-    optimizer: Literal["adamw", "muon"] = Field(
-        "adamw", description="muon: orthogonalised momentum for the hidden matrices, AdamW for the rest")
+    optimizer: Literal["auto", "adamw", "muon"] = Field(
+        "auto", description="muon: orthogonalised momentum for the hidden matrices, AdamW for the rest; auto = "
+        "Muon where the strategy keeps whole matrices (one device, DDP), AdamW otherwise")
     schedule: Literal["one-cycle", "cosine", "wsd", "constant", "linear"] = "one-cycle"
     warmup: float = Field(0.75, ge=0.0, le=1.0, description="fraction of the budget to reach peak LR")
     cooldown: float = Field(0.2, ge=0.0, le=1.0, description="wsd: fraction of the budget spent decaying")

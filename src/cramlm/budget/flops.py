@@ -52,11 +52,14 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, mask_rate: float | None = No
     return 3.0 * forward_flops_per_token(cfg, seq_len, mask_rate)
 
 
-def optimizer_flops_per_step(cfg: ModelConfig, optimizer: str, ns_steps: int = 5) -> float:
+def optimizer_flops_per_step(cfg: ModelConfig, optimizer: str, ns_steps: int = 5, strategy: str = "single") -> float:
     """Matmul FLOPs the optimizer adds to each step: none for AdamW (elementwise); for Muon, `ns_steps`
     Newton-Schulz iterations on every hidden matrix of shape m x n (m <= n): X X^T (2 m^2 n), the polynomial in
-    it (2 m^3) and its product with X (2 m^2 n). Counted once per optimizer step, whatever the batch."""
-    if optimizer != "muon":
+    it (2 m^3) and its product with X (2 m^2 n). Counted once per optimizer step, whatever the batch. `auto` is
+    the optimizer it resolves to under `strategy`."""
+    from cramlm.train.optim import resolve_optimizer
+
+    if resolve_optimizer(optimizer, strategy) != "muon":
         return 0.0
     from cramlm.models.registry import build_model
     from cramlm.train.optim import muon_ids

@@ -79,7 +79,8 @@ def memory_plan(cfg: RunConfig | None, params: float, hw: Hardware, count: int, 
 
 
 def calibrate(cfg: RunConfig, steps: int = 2, step_seconds: float = 1.0, min_micro: int = 8) -> dict[str, Any]:
-    """Measure MFU on this machine: a few real AdamW steps of `cfg.model` on random tokens.
+    """Measure MFU on this machine: a few real training steps of `cfg.model` on random tokens, with the optimizer
+    a one-device run uses (Muon's matmuls are time the model's FLOPs do not count, so they lower the MFU).
 
     The micro-batch is the recipe's (128 when it is `auto`), cut down so one step takes about `step_seconds` at
     this device's peak (a CPU cannot run a 120M-parameter model at 128 x 128 tokens per step in a few seconds),
@@ -166,13 +167,14 @@ def plan(
         h = DEFAULT_HOURS if hours is None else hours
         return h * 3600, f"{h:g}h"
 
-    def autopilot_for(base: RunConfig, budget_text: str, at_mfu: float, choose: bool) -> autopilot.Decision:
+    def autopilot_for(base: RunConfig, budget_text: str, at_mfu: float, choose: bool,
+                      strategy: str = "single" if count == 1 else "ddp") -> autopilot.Decision:
         base = base.model_copy(deep=True)
         base.budget.limit = budget_text
         device = torch.device("cpu" if hw.name == "cpu" else "cuda")
         return autopilot.decide(base, choose_model=choose, device=device, dtype=None, peak_flops=hw.peak(dtype),
                                 usd_per_device_hour=hw.usd_per_hour, devices=count, world_size=count, mfu=at_mfu,
-                                check=False)
+                                strategy=strategy, check=False)
 
     default_base = run_config(BASE_PRESET[arch])
     peak = hw.peak(dtype) * count
@@ -195,9 +197,10 @@ def plan(
 
     opt_params, opt_tokens = scaling.compute_optimal(flops)
     alt_params, alt_tokens = scaling.fitted_optimum(flops)
-    decision = autopilot_for(cfg or default_base, budget, mfu, source == "auto")
+    base = cfg or default_base
+    decision = autopilot_for(base, budget, mfu, source == "auto")
     recommended = decision if source == "auto" else autopilot_for(default_base, budget, mfu, True)
-    cfg = autopilot.apply(cfg or default_base, decision)
+    cfg = autopilot.apply(base, decision)
     if source == "auto":
         model = decision.model
         run_params, per_token = model_cost(cfg)
@@ -209,6 +212,9 @@ def plan(
 
     cost = run_cost(seconds, hw, count, pue, region)
     mem = memory_plan(cfg, run_params, hw, count, mixed=dtype != "fp32")
+    sharded = _TRAIN_STRATEGY.get(mem["fits"]["strategy"])
+    if sharded is not None:  # the same model under ZeRO/FSDP: the optimizer (and its LR) that strategy runs
+        decision = autopilot_for(base, budget, mfu, source == "auto", sharded)
     return {
         "hardware": {"name": hw.name, "description": hw.description, "measured": hw.measured, "count": count,
                      "dtype": dtype, "peak_flops_per_s": hw.peak(dtype), "memory_gb": hw.memory_gb,
@@ -247,6 +253,7 @@ def plan(
     }
 
 
+_TRAIN_STRATEGY = {"zero1": "zero1", "zero2": "fsdp", "zero3": "fsdp", "zero3_offload": "fsdp"}  # memory -> train
 _STRATEGY_KEYS = {
     "zero1": ["train.strategy=zero1"],
     "zero2": ["train.strategy=fsdp", "train.fsdp.reshard_after_forward=false"],
@@ -257,14 +264,15 @@ _STRATEGY_KEYS = {
 
 def plan_config(p: dict[str, Any]) -> RunConfig:
     """A run config that `cramlm train --config` accepts: the plan's model, budget, hardware and strategy, and the
-    autopilot's batch, micro-batch and LR written out as numbers (edit them, or set them back to auto)."""
+    autopilot's batch, micro-batch, optimizer and LR written out (edit them, or set them back to auto)."""
     hw = p["hardware"]
     name = "auto" if hw["measured"] and hw["name"] != "cpu" else hw["name"]  # an uncatalogued GPU: detect again
     overrides = [f"budget.limit={p['budget']}", f"budget.hardware={name}", f"budget.count={hw['count']}",
                  f"budget.region={p['region']}", f"budget.pue={p['pue']}"]
     a, fits = p["autopilot"], p["memory"]["fits"]
     overrides += [f"train.batch_size={a['batch_size']}", f"train.lr={a['lr']:.3g}",
-                  f"train.micro_batch_size={a['micro_batch_size']}", f"train.val_batches={a['val_batches']}"]
+                  f"train.optimizer={a['optimizer']}", f"train.micro_batch_size={a['micro_batch_size']}",
+                  f"train.val_batches={a['val_batches']}"]
     if fits["strategy"] is not None:
         overrides.append(f"train.micro_batch_size={fits['micro_batch_size']}")
         overrides += _STRATEGY_KEYS.get(fits["strategy"], [])

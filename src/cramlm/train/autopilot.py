@@ -14,9 +14,11 @@ leaves at `auto`, by rules written out in docs/train.md ("The budget decides"):
   `MIN_STEPS` optimizer steps over the tokens the budget buys, at most `train.max_batch_size` (the recipe's
   maximum, 8192 for Cramming). During the run the trainer re-estimates it from the measured throughput and caps it
   by the critical batch measured from the gradient noise scale (`schedules.NoiseScale`).
+- **optimizer** (`train.optimizer: auto`): Muon where PyTorch's Muon can run (one device, DDP: whole matrices on
+  every rank), AdamW under ZeRO, FSDP, TP and DeepSpeed, which shard them.
 - **peak LR**: square-root scaling with the batch (Malladi et al. 2022) up to a stability ceiling that falls as
-  1/width (the Adam rule of muP, Yang et al. 2022): lr = LR_CEILING x (D_REF / d_model) x sqrt(B / (B + B_SAT)).
-  At Cramming's 16x768 and batch 8192 this is its published 1e-3.
+  1/width (the Adam rule of muP, Yang et al. 2022): lr = LR_CEILING x (D_REF / d_model) x sqrt(B / (B + B_SAT)),
+  times MUON_LR_FACTOR for Muon. At Cramming's 16x768 and batch 8192 this is its published 1e-3 (AdamW).
 """
 
 from __future__ import annotations
@@ -32,12 +34,16 @@ from cramlm.budget.flops import flops_per_token, param_counts
 from cramlm.config import ModelConfig, RunConfig
 from cramlm.errors import CramlmError
 from cramlm.models.family import Shape, family
+from cramlm.train.optim import resolve_optimizer
 from cramlm.units import Quantity, format_count, format_seconds, parse_quantity
 
 MICRO_MAX = {"cpu": 32, "cuda": 128}  # sequences; on a CPU larger micro-batches gain no speed
 STEP_SHARE = 0.01  # a micro-batch takes at most this share of a time budget
 MIN_STEPS = 1500  # optimizer steps a budget should buy before the batch grows past the micro-batch
 LR_CEILING, D_REF, B_SAT = 1.0e-3, 768, 16  # lr = LR_CEILING * D_REF / d * sqrt(B / (B + B_SAT))
+# Muon's best peak LR over AdamW's, same model, data and budget: measured ~2x (BENCHMARKS.md "Muon vs AdamW");
+# Muon's update is scaled to AdamW's RMS, but its orthogonalised steps tolerate a larger one.
+MUON_LR_FACTOR = 2.0
 ASSUMED_MFU = 0.4  # before a measurement (and for devices that are not here)
 EVAL_SHARE = 0.03  # the final evaluation takes at most this share of a time budget
 MAX_PROBES = 3  # models measured on this device while choosing one
@@ -62,20 +68,22 @@ class Decision:
     probe_seconds: float = 0.0  # spent measuring, charged to the budget
     world_size: int = 1  # data-parallel ranks
     model_config: dict[str, Any] | None = None  # the chosen model's `model` section (None: the model was given)
+    optimizer: str = "adamw"  # the optimizer `lr` is for (decisions written before the field trained AdamW)
 
     def line(self) -> str:
         """`budget 5m ~ 1.9M tokens at 6.3k tok/s -> encoder-4x256 (4.8M params), batch ramps 32 -> 128 sequences
-        (micro-batch 32), peak LR 1.2e-03, ~420 optimizer steps`"""
+        (micro-batch 32), Muon, peak LR 2.4e-03, ~420 optimizer steps`"""
         rate = f" at {format_count(self.tokens_per_s)} tok/s" + ("" if self.measured else " (assumed)")
         return (f"budget {self.budget} ~ {format_count(self.tokens)} tokens{rate} -> {self.model} "
                 f"({format_count(self.params)} params), {self.schedule()}")
 
     def schedule(self) -> str:
-        """The batch ramp (from one micro-batch per device), peak LR and steps."""
+        """The batch ramp (from one micro-batch per device), optimizer, peak LR and steps."""
         start = self.micro_batch_size * self.world_size
         batch = (f"batch ramps {start} -> {self.batch_size} sequences" if self.batch_size > start
                  else f"batch {self.batch_size} sequences")
-        return (f"{batch} (micro-batch {self.micro_batch_size}), peak LR {self.lr:.2e}, "
+        name = {"adamw": "AdamW", "muon": "Muon"}.get(self.optimizer, self.optimizer)
+        return (f"{batch} (micro-batch {self.micro_batch_size}), {name}, peak LR {self.lr:.2e}, "
                 f"~{self.steps:,} optimizer steps")
 
     def to_dict(self) -> dict[str, Any]:
@@ -120,9 +128,11 @@ def choose_batch(sequences: float, micro: int, max_batch: int, ramp: str, ramp_e
     return batch
 
 
-def choose_lr(batch: int, width: int) -> float:
-    """Square-root scaling with the batch up to a ceiling that falls as 1/width (see the module docstring)."""
-    return LR_CEILING * D_REF / width * math.sqrt(batch / (batch + B_SAT))
+def choose_lr(batch: int, width: int, optimizer: str) -> float:
+    """Square-root scaling with the batch up to a ceiling that falls as 1/width (see the module docstring); Muon
+    takes MUON_LR_FACTOR times AdamW's. `optimizer` is resolved (adamw or muon)."""
+    factor = MUON_LR_FACTOR if optimizer == "muon" else 1.0
+    return factor * LR_CEILING * D_REF / width * math.sqrt(batch / (batch + B_SAT))
 
 
 def lr_width(model_cfg: ModelConfig) -> int:
@@ -177,15 +187,17 @@ def eval_batches(requested: int, seconds_per_micro: float, budget_seconds: float
 
 
 def measure_tokens_per_s(model_cfg: ModelConfig, cfg: RunConfig, micro: int, device: torch.device,
-                         dtype: torch.dtype | None, steps: int = 2) -> float:
-    """Training tokens/s of `model_cfg` here: AdamW steps on random tokens after one untimed warm-up step."""
+                         dtype: torch.dtype | None, steps: int = 2, strategy: str = "single") -> float:
+    """Training tokens/s of `model_cfg` here: steps of the optimizer the run will use under `strategy` (Muon's
+    matmuls cost time) on random tokens, after one untimed warm-up step."""
     from cramlm.models.registry import build_model
     from cramlm.train.optim import build_optimizer
 
     rng = torch.get_rng_state()
     try:
         model = build_model(model_cfg).to(device).train()
-        optimizer = build_optimizer(model, cfg.train.model_copy(update={"lr": 1e-4}))
+        optimizer = build_optimizer(model, cfg.train.model_copy(update={
+            "lr": 1e-4, "optimizer": resolve_optimizer(cfg.train.optimizer, strategy)}))
         batch = random_batch(model_cfg, cfg.data.seq_len, cfg.train.mask_rate, micro, device)
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         best = math.inf
@@ -248,6 +260,7 @@ def budget_seconds(limit: Quantity, usd_per_device_hour: float, devices: int) ->
 
 def decide(cfg: RunConfig, *, choose_model: bool, device: torch.device, dtype: torch.dtype | None,
            peak_flops: float, usd_per_device_hour: float = 0.0, devices: int = 1, world_size: int = 1,
+           strategy: str = "single",
            measure: Callable[[ModelConfig, int], float] | None = None, mfu: float = ASSUMED_MFU,
            memory_gb: float | None = None, check: bool = True,
            clock: Callable[[], float] = time.perf_counter) -> Decision:
@@ -258,9 +271,11 @@ def decide(cfg: RunConfig, *, choose_model: bool, device: torch.device, dtype: t
     on a timing, so that such a run is reproducible). Without it `mfu` of the peak is assumed (the planner's
     figure for a device that is not this one). Values the user set are kept. `check`: refuse a time budget too
     small to train (a plan only reports). `memory_gb`: one device's memory, which the micro-batch must fit.
+    `strategy`: the resolved `train.strategy`, which decides what `train.optimizer: auto` is.
     """
     started = clock()
     t, seq = cfg.train, cfg.data.seq_len
+    optimizer = resolve_optimizer(t.optimizer, strategy)
     limit = parse_quantity(cfg.budget.limit)
     seconds = budget_seconds(limit, usd_per_device_hour, devices)
     if seconds is None:
@@ -324,11 +339,11 @@ def decide(cfg: RunConfig, *, choose_model: bool, device: torch.device, dtype: t
     decision = Decision(
         budget=str(limit), model=name or "the given model", params=param_counts(model_cfg)["total"],
         tokens_per_s=tps * world_size, measured=bool(mfus), tokens=sequences * seq, micro_batch_size=micro,
-        batch_size=batch, lr=choose_lr(batch, lr_width(model_cfg)) if t.lr == "auto" else t.lr,
+        batch_size=batch, lr=choose_lr(batch, lr_width(model_cfg), optimizer) if t.lr == "auto" else t.lr,
         steps=ramp_steps(sequences, micro_world, batch, t.batch_ramp, t.ramp_end),
         val_batches=eval_batches(t.val_batches, micro * per_sequence, seconds),
         probe_seconds=clock() - started if mfus else 0.0, world_size=world_size,
-        model_config=model_cfg.model_dump(mode="json") if choose_model else None,
+        model_config=model_cfg.model_dump(mode="json") if choose_model else None, optimizer=optimizer,
     )
     if check and seconds is not None:
         _check_budget_is_enough(decision, seconds, micro * per_sequence)
@@ -336,13 +351,15 @@ def decide(cfg: RunConfig, *, choose_model: bool, device: torch.device, dtype: t
 
 
 def apply(cfg: RunConfig, decision: Decision) -> RunConfig:
-    """A copy of `cfg` with the decided numbers in place of its `auto`s (and the chosen model)."""
+    """A copy of `cfg` with the decided numbers in place of its `auto`s (and the chosen model and optimizer)."""
     out = cfg.model_copy(deep=True)
     if decision.model_config is not None:
         out.model = ModelConfig(**decision.model_config)
     t = out.train
     t.micro_batch_size, t.batch_size, t.lr = decision.micro_batch_size, decision.batch_size, decision.lr
     t.val_batches = decision.val_batches
+    if t.optimizer == "auto":
+        t.optimizer = decision.optimizer
     return out
 
 

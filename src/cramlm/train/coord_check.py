@@ -37,7 +37,8 @@ def measure(arch: str, width: int, parametrization: str, base_width: int, depth:
 
     section = {**model_section(arch, depth, width, parametrization, base_width), "vocab_size": vocab,
                "max_seq_len": seq_len, "dropout": 0.0}
-    cfg = resolve_config(recipe="crammed", base={"model": section}, overrides=[f"train.lr={lr}"])
+    cfg = resolve_config(recipe="crammed", base={"model": section},
+                         overrides=[f"train.lr={lr}", "train.optimizer=adamw"])  # muP's check is Adam's rule
     torch.manual_seed(seed)
     model = build_model(cfg.model)
     optimizer = build_optimizer(model, cfg.train.model_copy(update={"weight_decay": 0.0}))

@@ -40,7 +40,7 @@ from torch.distributed.tensor.placement_types import _StridedShard
 
 from cramlm.errors import CramlmError
 from cramlm.models import mup
-from cramlm.train.optim import build_optimizer, model_config, param_groups
+from cramlm.train.optim import build_optimizer, check_optimizer, model_config, param_groups
 from cramlm.train.sparsity import check_strategy
 from cramlm.train.trainer import Strategy
 
@@ -369,13 +369,11 @@ class DistributedStrategy(Strategy):
         if cfg.batch_ramp == "auto" and d.strategy not in ("single", "ddp", "zero1"):
             raise CramlmError(f"train.batch_ramp=auto reads one rank's whole micro-batch gradient, which "
                               f"{d.strategy} shards: use ddp or zero1, or batch_ramp=linear")
-        if cfg.optimizer == "muon" and d.strategy not in ("single", "ddp"):
-            raise CramlmError(f"train.optimizer=muon orthogonalises whole matrices, which {d.strategy} shards "
-                              "across ranks (PyTorch's Muon takes plain tensors): use train.strategy=ddp, or "
-                              "train.optimizer=adamw")
+        check_optimizer(cfg.optimizer, d.strategy)  # `auto` resolves to what the strategy runs
         check_strategy(d.strategy, cfg)
         super().__init__(d.device)
         self.dist = d
+        self.name = d.strategy
         self.rank, self.world_size = d.dp_rank, d.dp_size
         self.devices = d.world_size
         self.whole_gradients = d.strategy in ("single", "ddp", "zero1")

@@ -45,6 +45,27 @@ def param_groups(
             for (is_muon, mult, decayed), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], -kv[0][2]))]
 
 
+# Strategies that keep whole matrices on every rank: the only ones PyTorch's Muon (plain tensors) can run under.
+MUON_STRATEGIES = ("single", "ddp")
+
+
+def resolve_optimizer(requested: str, strategy: str) -> str:
+    """`train.optimizer` for a run under `strategy`: `auto` is Muon where it can run (it beat AdamW at equal
+    wall-clock, BENCHMARKS.md "Muon vs AdamW"), AdamW where the strategy shards matrices; a choice is kept."""
+    if requested != "auto":
+        return requested
+    return "muon" if strategy in MUON_STRATEGIES else "adamw"
+
+
+def check_optimizer(optimizer: str, strategy: str, resumed: bool = False) -> None:
+    """Muon under a strategy that shards matrices is a one-line error (`resumed`: the run recorded Muon)."""
+    if optimizer == "muon" and strategy not in MUON_STRATEGIES:
+        fix = ("resume it as one process or under train.strategy=ddp (a run keeps the optimizer it started with)"
+               if resumed else "use train.strategy=ddp, or train.optimizer=adamw")
+        raise CramlmError(f"train.optimizer=muon orthogonalises whole matrices, which {strategy} shards across "
+                          f"ranks (PyTorch's Muon takes plain tensors): {fix}")
+
+
 def fused_available(device: torch.device) -> bool:
     return device.type in ("cuda", "cpu", "xpu", "mps")
 
@@ -101,9 +122,10 @@ def model_config(model: nn.Module) -> Any:
 
 def build_optimizer(model: nn.Module, cfg: Any, fused: bool | None = None) -> torch.optim.Optimizer:
     """AdamW (or Muon + AdamW, `cfg.optimizer`) over `model` from a `TrainConfig` (lr, betas, eps, weight_decay,
-    decay_norms_and_biases), with muP's learning-rate multipliers where the model uses muP."""
+    decay_norms_and_biases), with muP's learning-rate multipliers where the model uses muP. The model holds whole
+    matrices (one device or DDP), so `auto` is Muon."""
     mcfg = model_config(model)
-    muon = muon_ids(model) if cfg.optimizer == "muon" else None
+    muon = muon_ids(model) if resolve_optimizer(cfg.optimizer, "single") == "muon" else None
     groups = param_groups(model, cfg.weight_decay, cfg.decay_norms_and_biases, mup.lr_multipliers(model, mcfg), muon)
     if muon:
         return MuonWithAdamW(groups, cfg.lr, tuple(cfg.betas), cfg.eps)

@@ -55,6 +55,7 @@ class Sweep:
     parametrizations: list[str]
     base_width: int
     batch_size: int | None = None  # fixed by the first trial
+    optimizer: str | None = None  # fixed by the first trial (what `train.optimizer: auto` chose): the LR is its
     trials: list[Trial] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,7 +63,9 @@ class Sweep:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Sweep":
-        return cls(**{**data, "trials": [Trial(**t) for t in data["trials"]]})
+        """A sweep file; one written before `optimizer` was recorded ran its trials with AdamW, the default then."""
+        optimizer = data.get("optimizer", "adamw" if data.get("batch_size") is not None else None)
+        return cls(**{**data, "optimizer": optimizer, "trials": [Trial(**t) for t in data["trials"]]})
 
 
 def lr_grid(spec: str, trials: int) -> list[float]:
@@ -101,7 +104,10 @@ def model_section(arch: str, depth: int, width: int, parametrization: str, base_
 
 def trial_config(sweep: Sweep, trial: Trial, extra: list[str]) -> RunConfig:
     tree = {"model": model_section(sweep.arch, sweep.depth, trial.width, trial.parametrization, sweep.base_width)}
-    overrides = [f"budget.limit={sweep.budget}", f"train.lr={trial.lr}", *extra]
+    overrides = [f"budget.limit={sweep.budget}", f"train.lr={trial.lr}"]
+    if sweep.optimizer is not None:  # before the extras: an optimizer the user names wins
+        overrides.append(f"train.optimizer={sweep.optimizer}")
+    overrides += extra
     if sweep.batch_size is not None:
         overrides.append(f"train.batch_size={sweep.batch_size}")
     return resolve_config(recipe="crammed", base=tree, overrides=overrides)
@@ -170,6 +176,7 @@ def run(sweep: Sweep, out_dir: Path, extra: list[str] = (), progress: bool = Tru
         trial.seconds, trial.flops, trial.tokens = results["seconds"], results["flops"], results["tokens"]
         if sweep.batch_size is None:
             sweep.batch_size = int(results["autopilot"]["batch_size"])
+            sweep.optimizer = autopilot.from_dict(results["autopilot"]).optimizer
         save(out_dir, sweep)
     return sweep
 
@@ -249,10 +256,12 @@ def target_cost(sweep: Sweep, target_width: int, seq_len: int, vocab_size: int) 
 
 def write_recipe(sweep: Sweep, path: Path, target_width: int, target_depth: int | None = None) -> dict[str, Any]:
     """A config `cramlm train --config` accepts: the target model (muP, base width = the sweep's) with the
-    transferred LR and the sweep's batch."""
+    transferred LR, the optimizer it was found with and the sweep's batch."""
     parametrization, trial = transferred_lr(sweep)
     model = model_section(sweep.arch, target_depth or sweep.depth, target_width, parametrization, sweep.base_width)
     recipe = {"model": model, "train": {"lr": float(f"{trial.lr:.4g}")}}
+    if sweep.optimizer is not None:
+        recipe["train"]["optimizer"] = sweep.optimizer
     if sweep.batch_size is not None:
         recipe["train"]["batch_size"] = sweep.batch_size
     header = (f"# cramlm sweep: {parametrization} LR {trial.lr:.3g} (best at width {trial.width}, base width "

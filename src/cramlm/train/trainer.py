@@ -41,7 +41,7 @@ from cramlm.train import cuda
 from cramlm.train import preflight, sparsity
 from cramlm.train.budget import Budget
 from cramlm.train.logging import MetricsLog, ProgressLine
-from cramlm.train.optim import build_optimizer, clip_gradients, set_lr, skip_if_nonfinite
+from cramlm.train.optim import build_optimizer, check_optimizer, clip_gradients, set_lr, skip_if_nonfinite
 from cramlm.train.schedules import NoiseScale, accumulation_at, auto_accumulation, lr_factor, lr_scale
 from cramlm.units import parse_interval
 
@@ -53,6 +53,7 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class Strategy:
     """One process on one device. The hooks below are all the loop knows about parallelism."""
 
+    name = "single"  # the resolved train.strategy (which optimizers can run)
     rank = 0
     world_size = 1  # data-parallel ranks
     devices = 1  # processes (devices) of the job, tensor-parallel ones included
@@ -194,6 +195,7 @@ class Trainer:
         self.decision = self._decide(cfg, choose_model, resume)
         self.cfg = cfg = autopilot.apply(cfg, self.decision)
         t = self.strategy.train_cfg = cfg.train
+        check_optimizer(t.optimizer, self.strategy.name, resumed=resume)  # a resumed run keeps its optimizer
         self.objective = "mlm" if cfg.model.arch == "encoder" else "causal"
         world = self.strategy.world_size
         if t.batch_size % (t.micro_batch_size * world):
@@ -250,10 +252,11 @@ class Trainer:
         decision, error = None, None
         if self.strategy.is_main:
             def measure(model_cfg: Any, micro: int) -> float:
-                return autopilot.measure_tokens_per_s(model_cfg, cfg, micro, self.device, self.dtype)
+                return autopilot.measure_tokens_per_s(model_cfg, cfg, micro, self.device, self.dtype,
+                                                      strategy=self.strategy.name)
             try:
                 decision = autopilot.decide(
-                    cfg, choose_model=choose_model, device=self.device, dtype=self.dtype,
+                    cfg, choose_model=choose_model, device=self.device, dtype=self.dtype, strategy=self.strategy.name,
                     peak_flops=self.peak / self.devices, usd_per_device_hour=self.hw.usd_per_hour,
                     devices=self.devices, world_size=self.strategy.world_size, measure=measure,
                     memory_gb=self.hw.memory_gb)
@@ -324,7 +327,8 @@ class Trainer:
         if self.noise_cap is not None:
             accum = min(accum, max(1, self.noise_cap // world_batch))
         if self.auto_lr:  # the rule's LR for the batch this step uses
-            peak = autopilot.choose_lr(accum * world_batch, autopilot.lr_width(self.cfg.model))
+            peak = autopilot.choose_lr(accum * world_batch, autopilot.lr_width(self.cfg.model),
+                                       self.decision.optimizer)
         else:
             peak = t.lr * lr_scale(accum * world_batch, t.batch_size, t.lr_scaling)
         lr = peak * self.guard.lr_mult * lr_factor(progress, t.schedule, warmup=t.warmup, lr_start=t.lr_start,
