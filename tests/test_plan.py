@@ -5,6 +5,7 @@ import pytest
 from cramlm.budget import planner
 from cramlm.budget.flops import flops_per_token, param_counts
 from cramlm.config import resolve_config
+from cramlm.train import autopilot
 
 KEYS = ["flops", "params", "tokens", "chinchilla", "hours", "cost_usd", "energy_kwh", "co2_kg", "hp_search",
         "memory_gb_per_device"]
@@ -35,7 +36,9 @@ def test_one_gpu_day_on_a_2080ti_by_hand(cli):
     cfg = planner.run_config("bert-crammed")
     assert cfg.model == planner.run_config("encoder-16x768").model
     assert p["tokens"] == pytest.approx(p["flops"] / flops_per_token(cfg.model, 128, 0.25))
-    assert p["autopilot"]["batch_size"] == 8192 and p["autopilot"]["lr"] == pytest.approx(1e-3, rel=0.05)
+    # Cramming's 1e-3 is AdamW's; DDP fits, so the autopilot trains Muon at MUON_LR_FACTOR times that
+    assert p["autopilot"]["optimizer"] == "muon"
+    assert p["autopilot"]["batch_size"] == 8192 and p["autopilot"]["lr"] == pytest.approx(2e-3, rel=0.05)
 
 
 def test_dollar_and_flop_budgets(cli):
@@ -123,8 +126,24 @@ def test_write_config_is_accepted_by_train(cli, tmp_path):
     a = p["autopilot"]  # the autopilot's numbers, written out
     assert (cfg.train.batch_size, cfg.train.micro_batch_size) == (a["batch_size"], a["micro_batch_size"])
     assert cfg.train.lr == pytest.approx(a["lr"], rel=0.01)
+    assert cfg.train.optimizer == a["optimizer"] == "muon" and cfg.train.strategy == "auto"  # DDP fits
     code, _, err = cli("train", "--config", path)  # the config validates; only the data dir is missing
     assert code == 2 and "DATA_DIR" in err
+
+
+def test_a_sharded_fit_plans_and_writes_adamw(cli, tmp_path):
+    """Where only ZeRO/FSDP fits, PyTorch's Muon cannot run: the plan's optimizer and LR are AdamW's."""
+    path = tmp_path / "recipe.yaml"
+    args = ("--hardware", "rtx2080ti", "--hours", "24", "--model", "encoder-24x1536")
+    code, _, err = cli("plan", *args, "--write-config", path)
+    assert code == 0, err
+    p = plan_json(cli, *args)
+    assert p["memory"]["fits"]["strategy"].startswith("zero")
+    a = p["autopilot"]
+    assert a["optimizer"] == "adamw" and "AdamW, peak LR" in a["schedule"]
+    assert a["lr"] == pytest.approx(autopilot.choose_lr(a["batch_size"], 1536, "adamw"))
+    cfg = resolve_config(config_file=path)
+    assert cfg.train.optimizer == "adamw" and cfg.train.strategy == "fsdp"
 
 
 def test_memory_plan_shrinks_the_micro_batch_or_shards():

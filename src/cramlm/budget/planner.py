@@ -79,8 +79,7 @@ def memory_plan(cfg: RunConfig | None, params: float, hw: Hardware, count: int, 
 
 
 def calibrate(cfg: RunConfig, steps: int = 2, step_seconds: float = 1.0, min_micro: int = 8) -> dict[str, Any]:
-    """Measure MFU on this machine: a few real training steps of `cfg.model` on random tokens, with the optimizer
-    a one-device run uses (Muon's matmuls are time the model's FLOPs do not count, so they lower the MFU).
+    """Measure MFU on this machine: a few real AdamW steps of `cfg.model` on random tokens.
 
     The micro-batch is the recipe's (128 when it is `auto`), cut down so one step takes about `step_seconds` at
     this device's peak (a CPU cannot run a 120M-parameter model at 128 x 128 tokens per step in a few seconds),

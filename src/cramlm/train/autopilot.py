@@ -187,17 +187,20 @@ def eval_batches(requested: int, seconds_per_micro: float, budget_seconds: float
 
 
 def measure_tokens_per_s(model_cfg: ModelConfig, cfg: RunConfig, micro: int, device: torch.device,
-                         dtype: torch.dtype | None, steps: int = 2, strategy: str = "single") -> float:
-    """Training tokens/s of `model_cfg` here: steps of the optimizer the run will use under `strategy` (Muon's
-    matmuls cost time) on random tokens, after one untimed warm-up step."""
+                         dtype: torch.dtype | None, steps: int = 2) -> float:
+    """Training tokens/s of `model_cfg` here: AdamW steps on random tokens after one untimed warm-up step.
+
+    AdamW whatever `train.optimizer` is: each probe step is one micro-batch, but a run's optimizer step serves a
+    whole batch, so Muon's Newton-Schulz matmuls (a fixed cost per step, minutes for a 120M model on a CPU without
+    native bf16) would be charged to a few sequences; the budget counts them per step instead
+    (`optimizer_flops_per_step`), and the run's own throughput includes them."""
     from cramlm.models.registry import build_model
     from cramlm.train.optim import build_optimizer
 
     rng = torch.get_rng_state()
     try:
         model = build_model(model_cfg).to(device).train()
-        optimizer = build_optimizer(model, cfg.train.model_copy(update={
-            "lr": 1e-4, "optimizer": resolve_optimizer(cfg.train.optimizer, strategy)}))
+        optimizer = build_optimizer(model, cfg.train.model_copy(update={"lr": 1e-4, "optimizer": "adamw"}))
         batch = random_batch(model_cfg, cfg.data.seq_len, cfg.train.mask_rate, micro, device)
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         best = math.inf

@@ -252,8 +252,7 @@ class Trainer:
         decision, error = None, None
         if self.strategy.is_main:
             def measure(model_cfg: Any, micro: int) -> float:
-                return autopilot.measure_tokens_per_s(model_cfg, cfg, micro, self.device, self.dtype,
-                                                      strategy=self.strategy.name)
+                return autopilot.measure_tokens_per_s(model_cfg, cfg, micro, self.device, self.dtype)
             try:
                 decision = autopilot.decide(
                     cfg, choose_model=choose_model, device=self.device, dtype=self.dtype, strategy=self.strategy.name,
