@@ -41,11 +41,14 @@ def test_sweep_runs_resumes_and_writes_a_recipe(data_dir, tmp_path, cli):
                                                                           for lr in (1e-3, 1e-2)}
     assert state["batch_size"] == 32  # fixed by the first trial's autopilot, then pinned for the rest
     assert all(load_run_config(out / t["run"] / "config.yaml").train.batch_size == 32 for t in state["trials"][1:])
+    assert state["optimizer"] == "muon"  # what auto chose on one device, pinned like the batch
+    assert all(load_run_config(out / t["run"] / "config.yaml").train.optimizer == "muon" for t in state["trials"][1:])
     best = min((t for t in state["trials"] if t["width"] == 64), key=lambda t: t["loss"])
     assert "held-out loss" in text and "mup: best LR" in text and "sweep cost" in text
     cfg = resolve_config(config_file=recipe)
     assert (cfg.model.d_model, cfg.model.parametrization, cfg.model.base_width) == (128, "mup", 32)
     assert cfg.train.lr == pytest.approx(best["lr"], rel=1e-3) and cfg.train.batch_size == 32
+    assert cfg.train.optimizer == "muon"  # the LR is Muon's: the recipe keeps it under any strategy
 
     # a killed sweep: one trial lost (no dir, pending) -> the same command runs only that trial
     state["trials"][1].update(status="pending", loss=None)
@@ -65,6 +68,17 @@ def test_sweep_runs_resumes_and_writes_a_recipe(data_dir, tmp_path, cli):
     assert load_run_config(tmp_path / "big" / "config.yaml").model.parametrization == "mup"
     code, _, err = cli("sweep", data_dir, *SWEEP[:-4], "--trials", "3", "--out", out)
     assert code == 2 and "another sweep" in err
+
+
+def test_a_sweep_file_from_before_the_optimizer_was_recorded_continues_with_adamw(tmp_path):
+    sweep = sw.plan(tmp_path, "1m", "encoder", 2, [32], [1e-3, 1e-2], ["mup"])
+    fresh, started = sweep.to_dict(), {**sweep.to_dict(), "batch_size": 32}
+    del fresh["optimizer"], started["optimizer"]
+    assert sw.Sweep.from_dict(fresh).optimizer is None  # no trial done yet: the first one decides
+    old = sw.Sweep.from_dict(started)  # its first trial trained AdamW, the default then
+    assert old.optimizer == "adamw" and sw.trial_config(old, old.trials[1], []).train.optimizer == "adamw"
+    named = sw.trial_config(old, old.trials[1], ["train.optimizer=muon"])
+    assert named.train.optimizer == "muon"  # an optimizer the user names wins
 
 
 def test_sweep_refuses_bad_input_before_writing(data_dir, tmp_path, cli):
@@ -91,7 +105,7 @@ def test_coord_check_cli_writes_the_plot(tmp_path, cli):
     assert '<img alt="Coordinate check' in page and "Logits at width 64 / width 32: standard" in page
 
 
-@pytest.mark.parametrize("extra", [["train.optimizer=muon"], ["model.parametrization=mup", "model.base_width=16"],
+@pytest.mark.parametrize("extra", [[], ["train.optimizer=adamw", "model.parametrization=mup", "model.base_width=16"],
                                    ["train.optimizer=muon", "model.parametrization=mup", "model.base_width=16"]])
 def test_mup_and_muon_runs_resume_bit_exact(data_dir, tmp_path, extra):
     cfg = resolve_config(model="tiny", recipe="demo", overrides=[
@@ -100,12 +114,12 @@ def test_mup_and_muon_runs_resume_bit_exact(data_dir, tmp_path, extra):
         "train.checkpoint_every=4steps", *extra])
     run = tmp_path / "run"
     res = train(cfg, data_dir, run, progress=False)
-    fps = 0.0
-    if "train.optimizer=muon" in extra:
-        from cramlm.budget.flops import optimizer_flops_per_step
+    from cramlm.budget.flops import optimizer_flops_per_step
 
-        fps = optimizer_flops_per_step(load_run_config(run / "config.yaml").model, "muon")
-        assert fps > 0
+    optimizer = res["autopilot"]["optimizer"]
+    assert optimizer == ("adamw" if "train.optimizer=adamw" in extra else "muon")  # auto: Muon on one device
+    fps = optimizer_flops_per_step(load_run_config(run / "config.yaml").model, optimizer)
+    assert (fps > 0) == (optimizer == "muon")
     assert res["flops"] == pytest.approx(res["tokens"] * res["flops_per_token"] + res["steps"] * fps)
     half = tmp_path / "half"
     shutil.copytree(run, half)

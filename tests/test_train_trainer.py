@@ -41,7 +41,11 @@ def test_step_budget_run_writes_the_run_dir(data_dir, tmp_path):
     run = tmp_path / "run"
     assert res["status"] == "completed" and res["steps"] == 12
     assert res["tokens"] == sum(r["batch_size"] for r in read_metrics(run) if "loss" in r) * 32
-    assert res["flops"] == pytest.approx(res["tokens"] * res["flops_per_token"])
+    from cramlm.budget.flops import optimizer_flops_per_step
+
+    assert res["autopilot"]["optimizer"] == "muon"  # auto on one device: its Newton-Schulz matmuls count
+    fps = optimizer_flops_per_step(load_run_config(run / "config.yaml").model, "muon")
+    assert fps > 0 and res["flops"] == pytest.approx(res["tokens"] * res["flops_per_token"] + res["steps"] * fps)
     for key in ("train_loss", "val_loss", "tokens_per_second", "mfu", "seconds"):
         assert res[key] > 0
     assert json.loads((run / "results" / "train.json").read_text())["steps"] == 12
