@@ -171,7 +171,8 @@ class Distributed:
             param.grad.div_(self.dp_size)
 
     def optimizer(self, model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
-        """AdamW for the wrapped model (sharded by ZeRO-1 under `zero1`). `cfg` is a TrainConfig."""
+        """`cfg.optimizer` (Muon + AdamW or AdamW) where ranks hold whole matrices, else AdamW (sharded by ZeRO-1
+        under `zero1`); `cfg` is a TrainConfig whose optimizer the autopilot resolved."""
         if self.strategy in ("single", "ddp"):
             return build_optimizer(model, cfg)
         groups = param_groups(model, cfg.weight_decay, cfg.decay_norms_and_biases,
