@@ -145,7 +145,8 @@ def trainer_worker(out: Path, rank: int) -> None:
 
 TINY_RUN = ["model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "train.batch_size=16",
             "train.micro_batch_size=4", "budget.hardware=cpu", "train.log_every=1", "train.val_batches=2",
-            "train.checkpoint_every=2steps", "train.device=cpu"]
+            "train.checkpoint_every=2steps", "train.device=cpu",
+            "train.optimizer=adamw"]  # what auto is under ZeRO/FSDP: one-process references train the same
 
 
 MUP_MUON = ("budget.limit=3steps", "train.batch_ramp=none", "model.parametrization=mup", "model.base_width=16",
