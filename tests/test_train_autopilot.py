@@ -117,13 +117,14 @@ def test_cpu_decisions_are_monotone_in_the_budget():
 
 def test_cramming_gpu_day_stays_the_published_recipe():
     """One GPU-day on Cramming's card: a ~110-120M encoder, the batch ramped to 8192, peak LR ~1e-3 with AdamW
-    (Cramming's optimizer), twice that with Muon (the one-device default)."""
+    (Cramming's optimizer), twice that with Muon (the one-device default where bf16 is native)."""
     hw = hardware.get("rtx2080ti")
-    for optimizer, lr in (("adamw", 1e-3), ("auto", 2e-3)):
+    # Turing has no bf16 for Muon's Newton-Schulz, so auto is AdamW there; the same day on a bf16 card is Muon
+    for optimizer, bf16, lr in (("adamw", True, 1e-3), ("auto", False, 1e-3), ("auto", True, 2e-3)):
         cfg = resolve_config(model="bert-crammed", recipe="crammed",
                              overrides=["budget.limit=24h", f"train.optimizer={optimizer}"])
         d = autopilot.decide(cfg, choose_model=True, device=torch.device("cuda"), dtype=torch.float16,
-                             peak_flops=hw.peak("fp16"), usd_per_device_hour=hw.usd_per_hour)
+                             peak_flops=hw.peak("fp16"), usd_per_device_hour=hw.usd_per_hour, native_bf16=bf16)
         assert d.model == "encoder-16x768" and 100e6 <= d.params <= 125e6
         assert d.batch_size == 8192 and d.micro_batch_size == 128
         assert d.lr == pytest.approx(lr, rel=0.05)
@@ -249,8 +250,36 @@ class Named(trainer_mod.Strategy):
         self.name = name
 
 
-def test_the_muon_lr_factor_applies_once_per_step(data_dir, tmp_path):
+def test_muon_only_where_its_newton_schulz_pays():
+    """A time budget times Muon's Newton-Schulz here: over MAX_SHARE of the budget, auto falls back to AdamW and
+    says why; a budget that counts work asks whether the device has native bf16 (no timing in its decision)."""
+    cheap = decide_cpu("10m", time_newton_schulz=lambda m: 0.0)
+    assert cheap.optimizer == "muon" and "Muon (Muon's Newton-Schulz: 0% of the budget here)" in cheap.line()
+    slow = decide_cpu("10m", time_newton_schulz=lambda m: 600.0)
+    assert slow.optimizer == "adamw" and "AdamW (Muon's Newton-Schulz: " in slow.line()
+    adamw = decide_cpu("10m", "train.optimizer=adamw")
+    assert slow.lr == adamw.lr and (slow.model, slow.batch_size) == (adamw.model, adamw.batch_size)
+    share = autopilot.muon_cost.MAX_SHARE  # just at the limit: Muon
+    edge = decide_cpu("10m", time_newton_schulz=lambda m: share * 600 / cheap.steps * 0.999)
+    assert edge.optimizer == "muon"
+    assert decide_cpu("10m", "train.optimizer=muon", time_newton_schulz=lambda m: 600.0).optimizer == "muon"
+    for bf16, expected in ((True, "muon"), (False, "adamw")):
+        d = decide_cpu("2000000tokens", native_bf16=bf16, time_newton_schulz=lambda m: 600.0)
+        assert d.optimizer == expected and (bf16 or "no native bf16" in d.line())
+
+
+def test_newton_schulz_time_grows_with_the_model():
+    from cramlm.config import ModelConfig
+    from cramlm.train.muon_cost import newton_schulz_seconds
+
+    small, big = (ModelConfig(**parse(name).model_section()) for name in ("encoder-2x128", "encoder-4x256"))
+    assert 0 < newton_schulz_seconds(small, CPU) < newton_schulz_seconds(big, CPU)
+
+
+def test_the_muon_lr_factor_applies_once_per_step(data_dir, tmp_path, monkeypatch):
     from cramlm.train.optim import MuonWithAdamW
+
+    monkeypatch.setattr(autopilot.muon_cost, "native_bf16", lambda device: True)  # step budgets: no timing
 
     assert isinstance(trainer_mod.Trainer(tiny("budget.limit=4steps"), data_dir, tmp_path / "t", progress=False)
                       .optimizer, MuonWithAdamW)  # auto on one device
@@ -264,7 +293,8 @@ def test_the_muon_lr_factor_applies_once_per_step(data_dir, tmp_path):
     assert lrs["muon"] == pytest.approx([autopilot.MUON_LR_FACTOR * lr for lr in lrs["adamw"]])
 
 
-def test_a_resumed_run_keeps_the_optimizer_it_recorded(data_dir, tmp_path):
+def test_a_resumed_run_keeps_the_optimizer_it_recorded(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(autopilot.muon_cost, "native_bf16", lambda device: True)
     sharded = tmp_path / "zero1"  # auto under a strategy that shards matrices: AdamW, recorded
     assert train(tiny("budget.limit=4steps"), data_dir, sharded, progress=False,
                  strategy=Named("zero1"))["autopilot"]["optimizer"] == "adamw"

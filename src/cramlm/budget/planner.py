@@ -20,7 +20,7 @@ from cramlm.budget.hardware import Hardware, detect, resolve
 from cramlm.config import RunConfig, resolve_config
 from cramlm.errors import CramlmError
 from cramlm.models.family import BASE_PRESET, family
-from cramlm.train import autopilot
+from cramlm.train import autopilot, muon_cost
 
 DEFAULT_MFU = 0.4  # well-tuned transformer training reaches 35-50% of the dense peak (e.g. PaLM reports 46%)
 DEFAULT_HOURS = 24.0  # Cramming's budget: one GPU-day
@@ -171,9 +171,10 @@ def plan(
         base = base.model_copy(deep=True)
         base.budget.limit = budget_text
         device = torch.device("cpu" if hw.name == "cpu" else "cuda")
+        bf16 = muon_cost.native_bf16(device) if hw.name == "cpu" else bool(hw.peak_flops.get("bf16"))
         return autopilot.decide(base, choose_model=choose, device=device, dtype=None, peak_flops=hw.peak(dtype),
                                 usd_per_device_hour=hw.usd_per_hour, devices=count, world_size=count, mfu=at_mfu,
-                                strategy=strategy, check=False)
+                                strategy=strategy, native_bf16=bf16, check=False)
 
     default_base = run_config(BASE_PRESET[arch])
     peak = hw.peak(dtype) * count

@@ -15,7 +15,8 @@ leaves at `auto`, by rules written out in docs/train.md ("The budget decides"):
   maximum, 8192 for Cramming). During the run the trainer re-estimates it from the measured throughput and caps it
   by the critical batch measured from the gradient noise scale (`schedules.NoiseScale`).
 - **optimizer** (`train.optimizer: auto`): Muon where PyTorch's Muon can run (one device, DDP: whole matrices on
-  every rank), AdamW under ZeRO, FSDP, TP and DeepSpeed, which shard them.
+  every rank) and pays here (`muon_cost.py`: its bf16 Newton-Schulz matmuls, timed on this device, take at most
+  `muon_cost.MAX_SHARE` of a time budget; for budgets that count work, the device has native bf16), else AdamW.
 - **peak LR**: square-root scaling with the batch (Malladi et al. 2022) up to a stability ceiling that falls as
   1/width (the Adam rule of muP, Yang et al. 2022): lr = LR_CEILING x (D_REF / d_model) x sqrt(B / (B + B_SAT)),
   times MUON_LR_FACTOR for Muon. At Cramming's 16x768 and batch 8192 this is its published 1e-3 (AdamW).
@@ -34,6 +35,7 @@ from cramlm.budget.flops import flops_per_token, param_counts
 from cramlm.config import ModelConfig, RunConfig
 from cramlm.errors import CramlmError
 from cramlm.models.family import Shape, family
+from cramlm.train import muon_cost
 from cramlm.train.optim import resolve_optimizer
 from cramlm.units import Quantity, format_count, format_seconds, parse_quantity
 
@@ -69,6 +71,7 @@ class Decision:
     world_size: int = 1  # data-parallel ranks
     model_config: dict[str, Any] | None = None  # the chosen model's `model` section (None: the model was given)
     optimizer: str = "adamw"  # the optimizer `lr` is for (decisions written before the field trained AdamW)
+    optimizer_note: str = ""  # why `auto` chose it where the reason is not the strategy (Muon's cost here)
 
     def line(self) -> str:
         """`budget 5m ~ 1.9M tokens at 6.3k tok/s -> encoder-4x256 (4.8M params), batch ramps 32 -> 128 sequences
@@ -83,6 +86,8 @@ class Decision:
         batch = (f"batch ramps {start} -> {self.batch_size} sequences" if self.batch_size > start
                  else f"batch {self.batch_size} sequences")
         name = {"adamw": "AdamW", "muon": "Muon"}.get(self.optimizer, self.optimizer)
+        if self.optimizer_note:
+            name += f" ({self.optimizer_note})"
         return (f"{batch} (micro-batch {self.micro_batch_size}), {name}, peak LR {self.lr:.2e}, "
                 f"~{self.steps:,} optimizer steps")
 
@@ -263,8 +268,9 @@ def budget_seconds(limit: Quantity, usd_per_device_hour: float, devices: int) ->
 
 def decide(cfg: RunConfig, *, choose_model: bool, device: torch.device, dtype: torch.dtype | None,
            peak_flops: float, usd_per_device_hour: float = 0.0, devices: int = 1, world_size: int = 1,
-           strategy: str = "single",
-           measure: Callable[[ModelConfig, int], float] | None = None, mfu: float = ASSUMED_MFU,
+           strategy: str = "single", native_bf16: bool = True,
+           measure: Callable[[ModelConfig, int], float] | None = None,
+           time_newton_schulz: Callable[[ModelConfig], float] | None = None, mfu: float = ASSUMED_MFU,
            memory_gb: float | None = None, check: bool = True,
            clock: Callable[[], float] = time.perf_counter) -> Decision:
     """The numbers `cfg` leaves at `auto` (and the model when `choose_model`); `apply()` puts them in a config.
@@ -274,7 +280,8 @@ def decide(cfg: RunConfig, *, choose_model: bool, device: torch.device, dtype: t
     on a timing, so that such a run is reproducible). Without it `mfu` of the peak is assumed (the planner's
     figure for a device that is not this one). Values the user set are kept. `check`: refuse a time budget too
     small to train (a plan only reports). `memory_gb`: one device's memory, which the micro-batch must fit.
-    `strategy`: the resolved `train.strategy`, which decides what `train.optimizer: auto` is.
+    `strategy`: the resolved `train.strategy`, which decides what `train.optimizer: auto` can be; `native_bf16`
+    and `time_newton_schulz(model_cfg) -> seconds per Muon step` (timed here, with `measure`) whether Muon pays.
     """
     started = clock()
     t, seq = cfg.train, cfg.data.seq_len
@@ -339,14 +346,24 @@ def decide(cfg: RunConfig, *, choose_model: bool, device: torch.device, dtype: t
         batch = t.batch_size
     else:
         batch = choose_batch(sequences, micro_world, max(micro_world, t.max_batch_size), t.batch_ramp, t.ramp_end)
+    steps = ramp_steps(sequences, micro_world, batch, t.batch_ramp, t.ramp_end)
+    note = ""
+    if optimizer == "muon" and t.optimizer == "auto":
+        if measure is not None and time_newton_schulz is not None:
+            share = muon_cost.muon_share(time_newton_schulz(model_cfg), steps, seconds)
+            optimizer = "muon" if share <= muon_cost.MAX_SHARE else "adamw"
+            note = f"Muon's Newton-Schulz: {share:.0%} of the budget here"
+        elif not native_bf16:
+            optimizer, note = "adamw", "no native bf16 for Muon's Newton-Schulz"
     decision = Decision(
         budget=str(limit), model=name or "the given model", params=param_counts(model_cfg)["total"],
         tokens_per_s=tps * world_size, measured=bool(mfus), tokens=sequences * seq, micro_batch_size=micro,
         batch_size=batch, lr=choose_lr(batch, lr_width(model_cfg), optimizer) if t.lr == "auto" else t.lr,
-        steps=ramp_steps(sequences, micro_world, batch, t.batch_ramp, t.ramp_end),
+        steps=steps,
         val_batches=eval_batches(t.val_batches, micro * per_sequence, seconds),
         probe_seconds=clock() - started if mfus else 0.0, world_size=world_size,
         model_config=model_cfg.model_dump(mode="json") if choose_model else None, optimizer=optimizer,
+        optimizer_note=note,
     )
     if check and seconds is not None:
         _check_budget_is_enough(decision, seconds, micro * per_sequence)

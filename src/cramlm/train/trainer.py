@@ -38,7 +38,7 @@ from cramlm.models.registry import build_model
 from cramlm.train import autopilot
 from cramlm.train import checkpoint as ckpt
 from cramlm.train import cuda
-from cramlm.train import preflight, sparsity
+from cramlm.train import muon_cost, preflight, sparsity
 from cramlm.train.budget import Budget
 from cramlm.train.logging import MetricsLog, ProgressLine
 from cramlm.train.optim import build_optimizer, check_optimizer, clip_gradients, set_lr, skip_if_nonfinite
@@ -253,11 +253,15 @@ class Trainer:
         if self.strategy.is_main:
             def measure(model_cfg: Any, micro: int) -> float:
                 return autopilot.measure_tokens_per_s(model_cfg, cfg, micro, self.device, self.dtype)
+
+            def time_newton_schulz(model_cfg: Any) -> float:
+                return muon_cost.newton_schulz_seconds(model_cfg, self.device)
             try:
                 decision = autopilot.decide(
                     cfg, choose_model=choose_model, device=self.device, dtype=self.dtype, strategy=self.strategy.name,
                     peak_flops=self.peak / self.devices, usd_per_device_hour=self.hw.usd_per_hour,
                     devices=self.devices, world_size=self.strategy.world_size, measure=measure,
+                    time_newton_schulz=time_newton_schulz, native_bf16=muon_cost.native_bf16(self.device),
                     memory_gb=self.hw.memory_gb)
             except CramlmError as e:
                 error = str(e)
