@@ -25,10 +25,12 @@ from cramlm.train.trainer import Trainer, _write_json
 META = "finetune.json"
 META_KEYS = ("data", "data_sha256", "prompt_field", "response_field", "val_fraction")  # what --resume reads
 LAYOUT = "[SEP] prompt [SEP] response [SEP]"
-# The train section of a fine-tune, under the user's overrides: a short run at a fixed batch and a modest LR,
-# warmed up briefly and decayed to zero (BERT's schedule), checkpointed and validated often.
-DEFAULTS = ["train.batch_size=32", "train.micro_batch_size=auto", "train.lr=3e-4", "train.schedule=linear",
-            "train.warmup=0.06", "train.lr_start=0.0", "train.lr_end=0.0", "train.batch_ramp=none",
+# The train section of a fine-tune, under the user's overrides: a short run at a fixed batch and a modest AdamW LR
+# (the LR is AdamW's, not the pretraining autopilot's Muon), warmed up briefly and decayed to zero (BERT's
+# schedule), checkpointed and validated often.
+DEFAULTS = ["train.batch_size=32", "train.micro_batch_size=auto", "train.optimizer=adamw", "train.lr=3e-4",
+            "train.schedule=linear", "train.warmup=0.06", "train.lr_start=0.0", "train.lr_end=0.0",
+            "train.batch_ramp=none",
             "train.checkpoint_every=5m", "train.val_every=2m", "train.val_batches=8", "budget.limit=5m"]
 MODEL_FREE = ("dropout",)  # the only model keys a fine-tune may change: the others would not fit the weights
 

@@ -51,7 +51,8 @@ MUON_STRATEGIES = ("single", "ddp")
 
 def resolve_optimizer(requested: str, strategy: str) -> str:
     """`train.optimizer` for a run under `strategy`: `auto` is Muon where it can run (it beat AdamW at equal
-    wall-clock, BENCHMARKS.md "Muon vs AdamW"), AdamW where the strategy shards matrices; a choice is kept."""
+    wall-clock, BENCHMARKS.md "Muon vs AdamW"; the autopilot then checks that it pays on the device,
+    `muon_cost.py`), AdamW where the strategy shards matrices; a choice is kept."""
     if requested != "auto":
         return requested
     return "muon" if strategy in MUON_STRATEGIES else "adamw"
