@@ -8,6 +8,7 @@ import torch
 
 from cramlm.config import load_run_config, resolve_config
 from cramlm.train import checkpoint as ckpt
+from cramlm.train import muon_cost
 from cramlm.train import sweep as sw
 from cramlm.train.trainer import train
 
@@ -31,7 +32,8 @@ def test_lr_grid_and_width_parsing():
         sw.parse_widths("60")
 
 
-def test_sweep_runs_resumes_and_writes_a_recipe(data_dir, tmp_path, cli):
+def test_sweep_runs_resumes_and_writes_a_recipe(data_dir, tmp_path, cli, monkeypatch):
+    monkeypatch.setattr(muon_cost, "native_bf16", lambda device: True)  # step budgets: auto asks for native bf16
     out, recipe = tmp_path / "sweep", tmp_path / "r.yaml"
     code, text, err = cli("sweep", data_dir, *SWEEP, "--out", out, "--write-config", recipe, "--target-width", "128")
     assert code == 0, err
@@ -105,9 +107,10 @@ def test_coord_check_cli_writes_the_plot(tmp_path, cli):
     assert '<img alt="Coordinate check' in page and "Logits at width 64 / width 32: standard" in page
 
 
-@pytest.mark.parametrize("extra", [[], ["train.optimizer=adamw", "model.parametrization=mup", "model.base_width=16"],
+@pytest.mark.parametrize("extra", [["train.optimizer=auto"], ["train.optimizer=adamw", "model.parametrization=mup", "model.base_width=16"],
                                    ["train.optimizer=muon", "model.parametrization=mup", "model.base_width=16"]])
-def test_mup_and_muon_runs_resume_bit_exact(data_dir, tmp_path, extra):
+def test_mup_and_muon_runs_resume_bit_exact(data_dir, tmp_path, extra, monkeypatch):
+    monkeypatch.setattr(muon_cost, "native_bf16", lambda device: True)  # step budgets: auto asks for native bf16
     cfg = resolve_config(model="tiny", recipe="demo", overrides=[
         "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.d_ff=64", "train.batch_size=8",
         "train.micro_batch_size=4", "budget.hardware=cpu", "train.val_batches=2", "budget.limit=8steps",

@@ -35,9 +35,12 @@ def final_weights(run):
     return ckpt.load_weights(Path(run) / "final" / "model.safetensors")
 
 
-def test_step_budget_run_writes_the_run_dir(data_dir, tmp_path):
-    res = train(tiny_cfg("budget.limit=12steps", "train.checkpoint_every=5steps"), data_dir, tmp_path / "run",
-                progress=False)
+def test_step_budget_run_writes_the_run_dir(data_dir, tmp_path, monkeypatch):
+    from cramlm.train import muon_cost
+
+    monkeypatch.setattr(muon_cost, "native_bf16", lambda device: True)  # a step budget: auto asks for native bf16
+    res = train(tiny_cfg("budget.limit=12steps", "train.checkpoint_every=5steps", "train.optimizer=auto"), data_dir,
+                tmp_path / "run", progress=False)
     run = tmp_path / "run"
     assert res["status"] == "completed" and res["steps"] == 12
     assert res["tokens"] == sum(r["batch_size"] for r in read_metrics(run) if "loss" in r) * 32

@@ -55,7 +55,7 @@ class Sweep:
     parametrizations: list[str]
     base_width: int
     batch_size: int | None = None  # fixed by the first trial
-    optimizer: str | None = None  # fixed by the first trial (what `train.optimizer: auto` chose): the LR is its
+    optimizer: str | None = None  # fixed by the first trial (what `train.optimizer: auto` chose): the LRs are its
     trials: list[Trial] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
