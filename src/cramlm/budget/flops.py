@@ -52,27 +52,30 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, mask_rate: float | None = No
     return 3.0 * forward_flops_per_token(cfg, seq_len, mask_rate)
 
 
-def optimizer_flops_per_step(cfg: ModelConfig, optimizer: str, ns_steps: int = 5, strategy: str = "single") -> float:
+def optimizer_flops_per_step(cfg: ModelConfig, optimizer: str, ns_steps: int = 5) -> float:
     """Matmul FLOPs the optimizer adds to each step: none for AdamW (elementwise); for Muon, `ns_steps`
-    Newton-Schulz iterations on every hidden matrix of shape m x n (m <= n): X X^T (2 m^2 n), the polynomial in
-    it (2 m^3) and its product with X (2 m^2 n). Counted once per optimizer step, whatever the batch. `auto` is
-    the optimizer it resolves to under `strategy`."""
-    from cramlm.train.optim import resolve_optimizer
-
-    if resolve_optimizer(optimizer, strategy) != "muon":
+    Newton-Schulz iterations on every hidden matrix. Counted once per optimizer step, whatever the batch."""
+    if optimizer != "muon":
         return 0.0
+    return sum(newton_schulz_flops(shape, ns_steps) for shape in muon_matrix_shapes(cfg))
+
+
+def newton_schulz_flops(shape: tuple[int, ...], ns_steps: int = 5) -> float:
+    """`ns_steps` iterations on an m x n matrix (m <= n): X X^T (2 m^2 n), the polynomial in it (2 m^3) and its
+    product with X (2 m^2 n)."""
+    m, n = sorted(shape)
+    return ns_steps * (4.0 * m * m * n + 2.0 * m**3)
+
+
+def muon_matrix_shapes(cfg: ModelConfig) -> list[tuple[int, ...]]:
+    """The shapes of the matrices Muon updates in a model of `cfg` (built on the meta device: no memory)."""
     from cramlm.models.registry import build_model
     from cramlm.train.optim import muon_ids
 
     with torch.device("meta"):
         model = build_model(cfg)
     ids = muon_ids(model)
-    total = 0.0
-    for p in model.parameters():
-        if id(p) in ids:
-            m, n = sorted(p.shape)
-            total += ns_steps * (4.0 * m * m * n + 2.0 * m**3)
-    return total
+    return [tuple(p.shape) for p in model.parameters() if id(p) in ids]
 
 
 def param_counts(cfg: ModelConfig) -> dict[str, int]:

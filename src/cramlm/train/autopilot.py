@@ -197,8 +197,8 @@ def measure_tokens_per_s(model_cfg: ModelConfig, cfg: RunConfig, micro: int, dev
 
     AdamW whatever `train.optimizer` is: each probe step is one micro-batch, but a run's optimizer step serves a
     whole batch, so Muon's Newton-Schulz matmuls (a fixed cost per step, minutes for a 120M model on a CPU without
-    native bf16) would be charged to a few sequences; the budget counts them per step instead
-    (`optimizer_flops_per_step`), and the run's own throughput includes them."""
+    native bf16) would be charged to a few sequences; `decide` times them per optimizer step instead
+    (`muon_cost.py`), and the run's own throughput includes them."""
     from cramlm.models.registry import build_model
     from cramlm.train.optim import build_optimizer
 
@@ -350,7 +350,7 @@ def decide(cfg: RunConfig, *, choose_model: bool, device: torch.device, dtype: t
     note = ""
     if optimizer == "muon" and t.optimizer == "auto":
         if measure is not None and time_newton_schulz is not None:
-            share = muon_cost.muon_share(time_newton_schulz(model_cfg), steps, seconds)
+            share = time_newton_schulz(model_cfg) * steps / seconds
             optimizer = "muon" if share <= muon_cost.MAX_SHARE else "adamw"
             note = f"Muon's Newton-Schulz: {share:.0%} of the budget here"
         elif not native_bf16:

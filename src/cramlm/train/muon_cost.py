@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from cramlm.budget.flops import optimizer_flops_per_step
+from cramlm.budget.flops import muon_matrix_shapes, newton_schulz_flops
 from cramlm.config import ModelConfig
 
 MAX_SHARE = 0.10  # of the budget that Muon's Newton-Schulz matmuls may take before AdamW is chosen instead
@@ -32,20 +32,13 @@ def native_bf16(device: torch.device) -> bool:
 
 def newton_schulz_seconds(model_cfg: ModelConfig, device: torch.device) -> float:
     """Seconds one Muon step's Newton-Schulz iterations take here: one step of PyTorch's Muon timed on the model's
-    largest hidden matrix, scaled by the FLOPs of all of them (optimizer_flops_per_step)."""
-    from cramlm.models.registry import build_model
-    from cramlm.train.optim import muon_ids
-
-    with torch.device("meta"):
-        model = build_model(model_cfg)
-    ids = muon_ids(model)
-    shapes = [tuple(p.shape) for p in model.parameters() if id(p) in ids]
+    largest hidden matrix, scaled by the FLOPs of all of them."""
+    shapes = muon_matrix_shapes(model_cfg)
     if not shapes:
         return 0.0
-    m, n = sorted(max(shapes, key=lambda s: s[0] * s[1]))
-    one = 5 * (4.0 * m * m * n + 2.0 * m**3)  # the FLOPs optimizer_flops_per_step counts for this matrix
+    largest = max(shapes, key=lambda s: s[0] * s[1])
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for shape in ((8, 8), (m, n)):  # a tiny step first: kernels and dispatch warmed up
+    for shape in ((8, 8), largest):  # a tiny step first: kernels and dispatch warmed up
         weight = torch.nn.Parameter(torch.zeros(shape, device=device))
         weight.grad = torch.randn(shape, device=device)
         optimizer = torch.optim.Muon([weight], lr=1e-3)
@@ -54,9 +47,4 @@ def newton_schulz_seconds(model_cfg: ModelConfig, device: torch.device) -> float
         optimizer.step()
         sync()
         seconds = time.perf_counter() - started
-    return seconds * optimizer_flops_per_step(model_cfg, "muon") / one
-
-
-def muon_share(seconds_per_step: float, steps: int, budget_seconds: float) -> float:
-    """The share of a time budget that `steps` Newton-Schulz passes of `seconds_per_step` take."""
-    return seconds_per_step * steps / budget_seconds
+    return seconds * sum(map(newton_schulz_flops, shapes)) / newton_schulz_flops(largest)
